@@ -1,0 +1,131 @@
+"""An in-memory record store with a transactional outbox and per-run history."""
+
+from __future__ import annotations
+
+from workflow import (
+    ConcurrentUpdateError,
+    OutboxEvent,
+    Record,
+    RecordNotFoundError,
+    WorkflowInProgressError,
+)
+from workflow._adapters import Filter, Order, matches
+from workflow._clock import Clock
+from workflow._record import make_outbox_event
+
+__all__ = ["MemRecordStore"]
+
+
+class MemRecordStore:
+    """In-memory :class:`~workflow.RecordStore`.
+
+    Records are immutable, so every stored version is kept as is: :meth:`history` returns them
+    all. ``clock`` is accepted for symmetry with the other adapters; stored times are the
+    engine's.
+    """
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._clock = clock
+        self._records: dict[str, Record] = {}
+        self._history: dict[str, list[Record]] = {}
+        self._latest: dict[tuple[str, str], str] = {}
+        self._order: list[str] = []
+        self._outbox: dict[str, dict[str, OutboxEvent]] = {}
+        self._outbox_owner: dict[str, str] = {}
+
+    async def store(self, record: Record) -> None:
+        current = self._records.get(record.run_id)
+        expected = record.meta.version - 1
+        if current is None:
+            if expected != 0:
+                raise ConcurrentUpdateError(
+                    f"run {record.run_id} does not exist; a new run must be stored with "
+                    f"version 1, got {record.meta.version}"
+                )
+            key = (record.workflow_name, record.foreign_id)
+            last_id = self._latest.get(key)
+            if last_id is not None:
+                last = self._records[last_id]
+                if not last.run_state.finished:
+                    raise WorkflowInProgressError(
+                        f"foreign id {record.foreign_id!r} of workflow {record.workflow_name!r}"
+                        f" has an unfinished run {last.run_id} ({last.run_state}); wait for it"
+                        " to finish or cancel it"
+                    )
+            self._latest[key] = record.run_id
+            self._order.append(record.run_id)
+            self._history[record.run_id] = []
+        elif current.meta.version != expected:
+            raise ConcurrentUpdateError(
+                f"run {record.run_id} is at version {current.meta.version}; a write of version "
+                f"{record.meta.version} is stale. Read the run again"
+            )
+        self._records[record.run_id] = record
+        self._history[record.run_id].append(record)
+        event = make_outbox_event(record)
+        self._outbox.setdefault(record.workflow_name, {})[event.id] = event
+        self._outbox_owner[event.id] = record.workflow_name
+
+    async def lookup(self, run_id: str) -> Record:
+        try:
+            return self._records[run_id]
+        except KeyError:
+            raise RecordNotFoundError(f"no run with id {run_id!r}") from None
+
+    async def latest(self, workflow_name: str, foreign_id: str) -> Record:
+        run_id = self._latest.get((workflow_name, foreign_id))
+        if run_id is None:
+            raise RecordNotFoundError(
+                f"workflow {workflow_name!r} has no run for foreign id {foreign_id!r}"
+            )
+        return self._records[run_id]
+
+    async def list(
+        self,
+        workflow_name: str = "",
+        offset_id: int = 0,
+        limit: int = 25,
+        order: Order = "asc",
+        *filters: Filter,
+    ) -> list[Record]:
+        if limit <= 0:
+            limit = 25
+        ids = self._order if order == "asc" else reversed(self._order)
+        out: list[Record] = []
+        skipped = 0
+        for run_id in ids:
+            rec = self._records[run_id]
+            if workflow_name and rec.workflow_name != workflow_name:
+                continue
+            if filters and not matches(rec, filters):
+                continue
+            if skipped < offset_id:
+                skipped += 1
+                continue
+            out.append(rec)
+            if len(out) >= limit:
+                break
+        return out
+
+    async def list_outbox_events(self, workflow_name: str, limit: int) -> list[OutboxEvent]:
+        events = self._outbox.get(workflow_name)
+        if not events:
+            return []
+        out: list[OutboxEvent] = []
+        for ev in events.values():
+            out.append(ev)
+            if len(out) >= limit:
+                break
+        return out
+
+    async def delete_outbox_event(self, id: str) -> None:
+        wf = self._outbox_owner.pop(id, None)
+        if wf is not None:
+            self._outbox[wf].pop(id, None)
+
+    async def history(self, run_id: str) -> list[Record]:
+        """Every stored version of the run, oldest first."""
+        try:
+            return list(self._history[run_id])
+        except KeyError:
+            raise RecordNotFoundError(f"no run with id {run_id!r}") from None

@@ -1,0 +1,260 @@
+"""The adapter contracts: small protocols that every storage / streaming back end implements.
+
+Every method is ``async``. ``adapters.adaptertest`` holds conformance suites for each one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, Protocol, runtime_checkable
+
+from ._record import ConnectorEvent, Event, OutboxEvent, Record, TimeoutRecord
+from ._runstate import RunState
+
+__all__ = [
+    "Ack",
+    "ConnectorConstructor",
+    "ConnectorConsumer",
+    "EventReceiver",
+    "EventSender",
+    "EventStreamer",
+    "Filter",
+    "Lease",
+    "Order",
+    "RecordStore",
+    "RoleScheduler",
+    "TimeoutStore",
+    "matches",
+]
+
+Ack = Callable[[], Awaitable[None]]
+"""Acknowledge one received event: the receiver's durable cursor moves past it."""
+
+Order = Literal["asc", "desc"]
+
+
+@runtime_checkable
+class EventSender(Protocol):
+    async def send(self, foreign_id: str, status_type: int, headers: dict[str, str]) -> None:
+        """Durably append one event to the sender's topic; return once it is stored."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class EventReceiver(Protocol):
+    async def recv(self) -> tuple[Event, Ack]:
+        """Wait for the next event of the topic (in order) and return it with its ack."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class EventStreamer(Protocol):
+    """Topics of events with durable, named cursors.
+
+    A receiver name is a durable cursor: a new receiver with the same name resumes after the
+    last acked event, and an event that was received but not acked is delivered again.
+    ``stream_from_latest`` matters only when the name has no cursor yet: the receiver then
+    starts after the last event that exists when ``new_receiver`` returns.
+    """
+
+    async def new_sender(self, topic: str) -> EventSender: ...
+
+    async def new_receiver(
+        self,
+        topic: str,
+        name: str,
+        *,
+        poll_frequency: float | None = None,
+        stream_from_latest: bool = False,
+    ) -> EventReceiver: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """A filter for :meth:`RecordStore.list`. Build one with the class methods."""
+
+    kind: Literal["foreign_id", "status", "run_state", "created_after", "created_before"]
+    values: tuple[str | int, ...] = ()
+    time: datetime | None = None
+
+    @classmethod
+    def by_foreign_id(cls, *foreign_ids: str) -> Filter:
+        return cls("foreign_id", tuple(foreign_ids))
+
+    @classmethod
+    def by_status(cls, *statuses: int) -> Filter:
+        return cls("status", tuple(int(s) for s in statuses))
+
+    @classmethod
+    def by_run_state(cls, *run_states: RunState | int) -> Filter:
+        return cls("run_state", tuple(int(s) for s in run_states))
+
+    @classmethod
+    def created_after(cls, t: datetime) -> Filter:
+        """Strictly after ``t``."""
+        return cls("created_after", time=t)
+
+    @classmethod
+    def created_before(cls, t: datetime) -> Filter:
+        """Strictly before ``t``."""
+        return cls("created_before", time=t)
+
+
+def matches(record: Record, filters: Sequence[Filter]) -> bool:
+    """Whether a record passes every filter (reference semantics for adapters)."""
+    for f in filters:
+        if f.kind == "foreign_id":
+            if record.foreign_id not in f.values:
+                return False
+        elif f.kind == "status":
+            if record.status not in f.values:
+                return False
+        elif f.kind == "run_state":
+            if int(record.run_state) not in f.values:
+                return False
+        elif f.kind == "created_after":
+            if f.time is None or not record.created_at > f.time:
+                return False
+        elif f.kind == "created_before" and (f.time is None or not record.created_at < f.time):
+            return False
+    return True
+
+
+@runtime_checkable
+class RecordStore(Protocol):
+    """Runs and their transactional outbox.
+
+    ``store(record)`` is a compare-and-set on ``record.meta.version``: it writes only if the
+    stored version is ``record.meta.version - 1`` (no stored run for version 1), else it raises
+    :class:`ConcurrentUpdateError` and changes nothing. Storing version 1 while the foreign id
+    has an unfinished run raises :class:`WorkflowInProgressError`. The record and its outbox
+    event (``make_outbox_event(record)``) are written in one transaction.
+    """
+
+    async def store(self, record: Record) -> None: ...
+
+    async def lookup(self, run_id: str) -> Record:
+        """The run, or :class:`RecordNotFoundError`."""
+        ...
+
+    async def latest(self, workflow_name: str, foreign_id: str) -> Record:
+        """The most recently created run of the foreign id, or :class:`RecordNotFoundError`."""
+        ...
+
+    async def list(
+        self,
+        workflow_name: str = "",
+        offset_id: int = 0,
+        limit: int = 25,
+        order: Order = "asc",
+        *filters: Filter,
+    ) -> list[Record]:
+        """A page of runs ordered by creation; ``workflow_name=""`` means every workflow;
+        ``offset_id`` is a row offset."""
+        ...
+
+    async def list_outbox_events(self, workflow_name: str, limit: int) -> list[OutboxEvent]:
+        """Unpublished outbox events, oldest first."""
+        ...
+
+    async def delete_outbox_event(self, id: str) -> None:
+        """Remove a published outbox event. Deleting an absent id is not an error."""
+        ...
+
+
+@runtime_checkable
+class TimeoutStore(Protocol):
+    """Durable timers."""
+
+    async def create(
+        self,
+        workflow_name: str,
+        foreign_id: str,
+        run_id: str,
+        status: int,
+        expire_at: datetime,
+        *,
+        index: int = 0,
+    ) -> int:
+        """Store a timer and return its id (store-generated, unique)."""
+        ...
+
+    async def complete(self, id: int) -> None:
+        """Mark a timer as fired (kept, no longer listed)."""
+        ...
+
+    async def cancel(self, id: int) -> None:
+        """Delete a timer. Cancelling an absent id is not an error."""
+        ...
+
+    async def list(self, workflow_name: str) -> list[TimeoutRecord]:
+        """Every timer of the workflow that is not completed, in creation order."""
+        ...
+
+    async def list_valid(
+        self, workflow_name: str, status: int, now: datetime
+    ) -> list[TimeoutRecord]:
+        """Timers of that status that are not completed and have ``expire_at <= now``."""
+        ...
+
+
+class Lease:
+    """A role held by one holder. The scheduler calls :meth:`revoke` when it takes the role
+    back; the engine then cancels the holder's work and calls :meth:`release`."""
+
+    __slots__ = ("_lost", "_release", "_released", "role")
+
+    def __init__(self, role: str, release: Callable[[], Awaitable[None]]) -> None:
+        self.role = role
+        self._release = release
+        self._released = False
+        self._lost = asyncio.Event()
+
+    @property
+    def lost(self) -> bool:
+        return self._lost.is_set()
+
+    def revoke(self) -> None:
+        """Mark the role as taken back (called by the scheduler)."""
+        self._lost.set()
+
+    async def wait_lost(self) -> None:
+        await self._lost.wait()
+
+    async def release(self) -> None:
+        """Give the role up. Idempotent."""
+        if self._released:
+            return
+        self._released = True
+        self._lost.set()
+        await self._release()
+
+
+@runtime_checkable
+class RoleScheduler(Protocol):
+    """Grants a named role to one holder at a time across every process that shares it."""
+
+    async def await_role(self, role: str) -> Lease:
+        """Wait until this caller holds ``role``. Cancelling the wait leaves no trace."""
+        ...
+
+
+@runtime_checkable
+class ConnectorConsumer(Protocol):
+    async def recv(self) -> tuple[ConnectorEvent, Ack]: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ConnectorConstructor(Protocol):
+    """Makes a consumer of an external stream; ``name`` is its durable cursor."""
+
+    async def make(self, name: str) -> ConnectorConsumer: ...

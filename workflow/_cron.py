@@ -1,0 +1,177 @@
+"""Schedule specs for recurring workflows.
+
+Three forms are accepted (surrounding whitespace is ignored):
+
+* ``@every <duration>`` -- a fixed interval written as a Go-style duration:
+  one or more ``<number><unit>`` groups with units ``ns``, ``us``/``µs``,
+  ``ms``, ``s``, ``m``, ``h`` and optionally decimal numbers (``90s``,
+  ``1h30m``, ``1.5h``).  It must be at least one microsecond, the resolution
+  of :class:`~datetime.timedelta`; any sub-microsecond remainder is dropped.
+* a descriptor: ``@yearly``, ``@annually``, ``@monthly``, ``@weekly``,
+  ``@daily``, ``@midnight`` or ``@hourly``.
+* a standard 5-field crontab ``minute hour day-of-month month day-of-week``
+  (``*``, ``?``, numbers, ranges, lists, steps, month/day names; day-of-week
+  ``0``-``7`` with both ``0`` and ``7`` meaning Sunday).  When day-of-month
+  and day-of-week are both restricted, a day matches if *either* matches, as
+  in Vixie cron.
+
+Crontab and descriptor matching is delegated to :mod:`croniter`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from fractions import Fraction
+
+from croniter import CroniterBadDateError, CroniterError, croniter
+
+__all__ = ["CronSchedule", "parse_schedule"]
+
+_ACCEPTED = (
+    "expected '@every <duration>' (e.g. '@every 1h30m'), one of the descriptors "
+    "@yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly, or a "
+    "5-field crontab 'minute hour day-of-month month day-of-week'"
+)
+
+_DESCRIPTORS: dict[str, str] = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+_UNIT_NS: dict[str, int] = {
+    "ns": 1,
+    "us": 1_000,
+    "\u00b5s": 1_000,  # micro sign
+    "\u03bcs": 1_000,  # greek small letter mu
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
+}
+_GROUP = re.compile("([0-9]+(?:\\.[0-9]*)?|\\.[0-9]+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+_DURATION = re.compile(f"(?:{_GROUP.pattern})+")
+
+# croniter extensions that are not reproducible: ``R`` picks a new random value
+# every time an iterator is built, ``H`` needs a hash id.  Month and day names
+# are three letters long, so a lone H/R can only be one of these.
+_NONDETERMINISTIC = re.compile(r"(?<![a-z])[hr](?![a-z])", re.IGNORECASE)
+
+# Start of the trial run that rejects crontabs that can never fire (Feb 30).
+_PROBE_START = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def _parse_duration(text: str) -> timedelta:
+    """Parse a Go-style duration (``1h30m``, ``1.5h``, ``100ms``) exactly."""
+    if text.startswith("-"):
+        raise ValueError(f"invalid @every duration {text!r}: must be positive")
+    if not _DURATION.fullmatch(text):
+        raise ValueError(
+            f"invalid @every duration {text!r}: expected one or more "
+            "<number><unit> groups with units ns, us, µs, ms, s, m, h "
+            "(e.g. '90s', '5m', '1h30m', '1.5h')"
+        )
+    total_ns = sum(
+        (Fraction(num) * _UNIT_NS[unit] for num, unit in _GROUP.findall(text)),
+        Fraction(0),
+    )
+    micros = int(total_ns / 1000)
+    if micros <= 0:
+        raise ValueError(
+            f"invalid @every duration {text!r}: must be at least 1us "
+            "(a positive duration; the smallest supported interval is 1us)"
+        )
+    try:
+        return timedelta(microseconds=micros)
+    except OverflowError:
+        raise ValueError(f"invalid @every duration {text!r}: too large") from None
+
+
+def _parse_crontab(spec: str) -> str:
+    """Validate a 5-field crontab and return it with normalised whitespace."""
+    fields = spec.split()
+    if len(fields) != 5:
+        raise ValueError(
+            f"crontab spec must have 5 fields, got {len(fields)}: {spec!r}; {_ACCEPTED}"
+        )
+    expr = " ".join(fields)
+    if _NONDETERMINISTIC.search(expr):
+        raise ValueError(
+            f"invalid crontab spec {spec!r}: random (R) and hashed (H) "
+            f"fields are not supported; {_ACCEPTED}"
+        )
+    try:
+        # croniter only validates the syntax when constructed; an impossible
+        # date such as "0 0 30 2 *" is reported by the first get_next().
+        croniter(expr, _PROBE_START).get_next(datetime)
+    except CroniterBadDateError:
+        raise ValueError(f"crontab spec {spec!r} never matches any date") from None
+    except (CroniterError, ValueError, KeyError, IndexError) as exc:
+        raise ValueError(f"invalid crontab spec {spec!r}: {exc}; {_ACCEPTED}") from None
+    return expr
+
+
+def _parse(spec: str) -> tuple[timedelta | None, str | None]:
+    """Return ``(interval, crontab expression)``; exactly one is not None."""
+    if not spec:
+        raise ValueError(f"empty schedule spec; {_ACCEPTED}")
+    if not spec.startswith("@"):
+        return None, _parse_crontab(spec)
+    head, *rest = spec.split(None, 1)
+    if head == "@every":
+        if not rest:
+            raise ValueError(f"@every needs a duration, e.g. '@every 5m'; got {spec!r}")
+        return _parse_duration(rest[0].strip()), None
+    if head not in _DESCRIPTORS:
+        raise ValueError(f"unknown descriptor: {head}; {_ACCEPTED}")
+    if rest:
+        raise ValueError(f"descriptor {head} takes no arguments, got {spec!r}")
+    return None, _DESCRIPTORS[head]
+
+
+@dataclass(frozen=True)
+class CronSchedule:
+    """A parsed, validated schedule spec; build it with :func:`parse_schedule`.
+
+    ``spec`` is the stripped source text.  ``interval`` is set for ``@every``
+    schedules and ``None`` for crontabs and descriptors.
+    """
+
+    spec: str
+    interval: timedelta | None = field(init=False, default=None, compare=False)
+    _expr: str | None = field(init=False, default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        spec = self.spec.strip()
+        interval, expr = _parse(spec)
+        object.__setattr__(self, "spec", spec)
+        object.__setattr__(self, "interval", interval)
+        object.__setattr__(self, "_expr", expr)
+
+    def next(self, after: datetime) -> datetime:
+        """Return the first fire time strictly after ``after``.
+
+        ``after`` must be timezone-aware; the result carries the same tzinfo.
+        ``@every`` adds the interval in absolute (UTC) time, so DST changes do
+        not stretch or shrink it.  Crontabs have minute resolution and match
+        wall-clock time in ``after``'s timezone.
+        """
+        tz = after.tzinfo
+        if tz is None or after.utcoffset() is None:
+            raise ValueError(f"after must be a timezone-aware datetime, got naive {after!r}")
+        if self.interval is not None:
+            return (after.astimezone(UTC) + self.interval).astimezone(tz)
+        if self._expr is None:  # pragma: no cover - __post_init__ sets one
+            raise AssertionError("CronSchedule has neither interval nor crontab")
+        return croniter(self._expr, after).get_next(datetime)
+
+
+def parse_schedule(spec: str) -> CronSchedule:
+    """Parse ``spec``; raise :class:`ValueError` naming the problem if invalid."""
+    return CronSchedule(spec)

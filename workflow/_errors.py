@@ -1,0 +1,107 @@
+"""The error tree of the engine.
+
+Every error the engine raises on purpose derives from :class:`WorkflowError`::
+
+    WorkflowError
+    ├── RecordNotFoundError          no run with that id / foreign id
+    ├── WorkflowInProgressError      the foreign id already has an unfinished run
+    ├── InvalidTransitionError       a status move that the graph does not declare
+    ├── ConcurrentUpdateError        a stale write: someone else stored a newer version first
+    ├── RunStateError
+    │   ├── UnableToPauseError
+    │   ├── UnableToResumeError
+    │   ├── UnableToCancelError
+    │   └── UnableToDeleteError
+    ├── RunFinishedError             await_ on a run that finished at another status
+    └── NonRetryableError            raised by user code: pause the run at once
+
+Malformed arguments raise :class:`ValueError` (pydantic's ``ValidationError`` is one).
+Each message says what happened and what to do next.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConcurrentUpdateError",
+    "InvalidTransitionError",
+    "NonRetryableError",
+    "RecordNotFoundError",
+    "RunFinishedError",
+    "RunStateError",
+    "UnableToCancelError",
+    "UnableToDeleteError",
+    "UnableToPauseError",
+    "UnableToResumeError",
+    "WorkflowError",
+    "WorkflowInProgressError",
+]
+
+
+class WorkflowError(Exception):
+    """Root of every error the engine raises on purpose.
+
+    ``retriable`` tells a caller whether doing the same thing again may succeed.
+    """
+
+    retriable: bool = False
+
+
+class RecordNotFoundError(WorkflowError, LookupError):
+    """No run matches. Check the run id / foreign id and the workflow name."""
+
+
+class WorkflowInProgressError(WorkflowError):
+    """The foreign id already has an unfinished run.
+
+    Wait for it to finish (``await wf.await_(...)``), cancel it, or use another foreign id.
+    """
+
+    retriable = True
+
+
+class InvalidTransitionError(WorkflowError):
+    """A step, callback or timeout returned a status that the graph does not allow from here.
+
+    Declare the edge in the builder (``add_step(from, fn, *to)``) or return an allowed status.
+    """
+
+
+class ConcurrentUpdateError(WorkflowError):
+    """The run changed since it was read (compare-and-set refused a stale version).
+
+    Nothing was written. Read the run again and decide again.
+    """
+
+    retriable = True
+
+
+class RunStateError(WorkflowError):
+    """A run-state move that is not allowed from the run's current state."""
+
+
+class UnableToPauseError(RunStateError):
+    """Only Initiated or Running runs can be paused."""
+
+
+class UnableToResumeError(RunStateError):
+    """Only Paused runs can be resumed."""
+
+
+class UnableToCancelError(RunStateError):
+    """Only Initiated, Running or Paused runs can be cancelled."""
+
+
+class UnableToDeleteError(RunStateError):
+    """Only Completed, Cancelled or DataDeleted runs can have their data deleted."""
+
+
+class RunFinishedError(WorkflowError):
+    """``await_`` waited for a status the run can no longer reach: it finished elsewhere."""
+
+
+class NonRetryableError(WorkflowError):
+    """Raise from a step, timeout or timer function to pause the run at once.
+
+    The error message becomes the run's ``meta.run_state_reason``. Fix the cause, then
+    ``await wf.resume(run_id)``.
+    """
