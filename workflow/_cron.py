@@ -13,7 +13,8 @@ Three forms are accepted (surrounding whitespace is ignored):
   (``*``, ``?``, numbers, ranges, lists, steps, month/day names; day-of-week
   ``0``-``7`` with both ``0`` and ``7`` meaning Sunday).  When day-of-month
   and day-of-week are both restricted, a day matches if *either* matches, as
-  in Vixie cron.
+  in Vixie cron; a field starting with ``*`` (such as ``*/2``) does not
+  count as restricted.
 
 Crontab and descriptor matching is delegated to :mod:`croniter`.
 """
@@ -63,6 +64,15 @@ _DURATION = re.compile(f"(?:{_GROUP.pattern})+")
 # are three letters long, so a lone H/R can only be one of these.
 _NONDETERMINISTIC = re.compile(r"(?<![a-z])[hr](?![a-z])", re.IGNORECASE)
 
+_NAMES: dict[str, int] = {
+    name: value
+    for names, first in (
+        ("jan feb mar apr may jun jul aug sep oct nov dec", 1),
+        ("sun mon tue wed thu fri sat", 0),
+    )
+    for value, name in enumerate(names.split(), first)
+}
+
 # Start of the trial run that rejects crontabs that can never fire (Feb 30).
 _PROBE_START = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -93,46 +103,69 @@ def _parse_duration(text: str) -> timedelta:
         raise ValueError(f"invalid @every duration {text!r}: too large") from None
 
 
-def _parse_crontab(spec: str) -> str:
-    """Validate a 5-field crontab and return it with normalised whitespace."""
+def _collapse_equal_ranges(field: str) -> str:
+    """Rewrite ``a-a`` and ``a-a/n`` as ``a``.
+
+    croniter reads an equal range as the whole cycle ("5-5" is "*"); in Vixie
+    cron and robfig/cron it is the single value.
+    """
+    parts = field.split(",")
+    for i, part in enumerate(parts):
+        low, dash, high = part.split("/", 1)[0].partition("-")
+        bounds = [_NAMES.get(b.lower(), int(b) if b.isdigit() else None) for b in (low, high)]
+        if dash and bounds[0] is not None and bounds[0] == bounds[1]:
+            parts[i] = low
+    return ",".join(parts)
+
+
+def _parse_crontab(spec: str) -> tuple[str, bool]:
+    """Validate a 5-field crontab; return ``(expression, day_or)``.
+
+    ``day_or`` follows crontab(5): if both day fields are restricted (neither
+    starts with ``*`` or ``?``) a day matches when either field matches,
+    otherwise both must match.  croniter's own ``day_or=True`` would also OR a
+    stepped star such as ``*/2``, unlike Vixie cron and robfig/cron.
+    """
     fields = spec.split()
     if len(fields) != 5:
         raise ValueError(
             f"crontab spec must have 5 fields, got {len(fields)}: {spec!r}; {_ACCEPTED}"
         )
+    fields = [_collapse_equal_ranges(f) for f in fields]
     expr = " ".join(fields)
     if _NONDETERMINISTIC.search(expr):
         raise ValueError(
             f"invalid crontab spec {spec!r}: random (R) and hashed (H) "
             f"fields are not supported; {_ACCEPTED}"
         )
+    day_or = not any(f.startswith(("*", "?")) for f in (fields[2], fields[4]))
     try:
         # croniter only validates the syntax when constructed; an impossible
         # date such as "0 0 30 2 *" is reported by the first get_next().
-        croniter(expr, _PROBE_START).get_next(datetime)
+        croniter(expr, _PROBE_START, day_or=day_or).get_next(datetime)
     except CroniterBadDateError:
         raise ValueError(f"crontab spec {spec!r} never matches any date") from None
     except (CroniterError, ValueError, KeyError, IndexError) as exc:
         raise ValueError(f"invalid crontab spec {spec!r}: {exc}; {_ACCEPTED}") from None
-    return expr
+    return expr, day_or
 
 
-def _parse(spec: str) -> tuple[timedelta | None, str | None]:
-    """Return ``(interval, crontab expression)``; exactly one is not None."""
+def _parse(spec: str) -> timedelta | tuple[str, bool]:
+    """Return the ``@every`` interval or the crontab ``(expression, day_or)``."""
     if not spec:
         raise ValueError(f"empty schedule spec; {_ACCEPTED}")
     if not spec.startswith("@"):
-        return None, _parse_crontab(spec)
+        return _parse_crontab(spec)
     head, *rest = spec.split(None, 1)
     if head == "@every":
         if not rest:
             raise ValueError(f"@every needs a duration, e.g. '@every 5m'; got {spec!r}")
-        return _parse_duration(rest[0].strip()), None
+        return _parse_duration(rest[0].strip())
     if head not in _DESCRIPTORS:
         raise ValueError(f"unknown descriptor: {head}; {_ACCEPTED}")
     if rest:
         raise ValueError(f"descriptor {head} takes no arguments, got {spec!r}")
-    return None, _DESCRIPTORS[head]
+    return _parse_crontab(_DESCRIPTORS[head])
 
 
 @dataclass(frozen=True)
@@ -145,14 +178,16 @@ class CronSchedule:
 
     spec: str
     interval: timedelta | None = field(init=False, default=None, compare=False)
-    _expr: str | None = field(init=False, default=None, repr=False, compare=False)
+    _crontab: tuple[str, bool] | None = field(init=False, default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         spec = self.spec.strip()
-        interval, expr = _parse(spec)
+        parsed = _parse(spec)
         object.__setattr__(self, "spec", spec)
-        object.__setattr__(self, "interval", interval)
-        object.__setattr__(self, "_expr", expr)
+        if isinstance(parsed, timedelta):
+            object.__setattr__(self, "interval", parsed)
+        else:
+            object.__setattr__(self, "_crontab", parsed)
 
     def next(self, after: datetime) -> datetime:
         """Return the first fire time strictly after ``after``.
@@ -167,9 +202,10 @@ class CronSchedule:
             raise ValueError(f"after must be a timezone-aware datetime, got naive {after!r}")
         if self.interval is not None:
             return (after.astimezone(UTC) + self.interval).astimezone(tz)
-        if self._expr is None:  # pragma: no cover - __post_init__ sets one
+        if self._crontab is None:  # pragma: no cover - __post_init__ sets one
             raise AssertionError("CronSchedule has neither interval nor crontab")
-        return croniter(self._expr, after).get_next(datetime)
+        expr, day_or = self._crontab
+        return croniter(expr, after, day_or=day_or).get_next(datetime)
 
 
 def parse_schedule(spec: str) -> CronSchedule:

@@ -1,0 +1,304 @@
+"""The builder: declare statuses, steps, callbacks, timeouts, connectors and hooks."""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, get_args
+
+from prometheus_client import CollectorRegistry
+
+from ._adapters import ConnectorConstructor, EventStreamer, RecordStore, RoleScheduler, TimeoutStore
+from ._clock import Clock, as_timedelta
+from ._graph import Graph
+from ._options import OutboxOptions, ProcessOptions, make_options
+from ._record import ConnectorEvent, TypedRecord
+from ._run import Run, StepResult
+from ._runstate import RunState
+
+if TYPE_CHECKING:
+    from ._workflow import Workflow
+
+__all__ = ["Builder", "duration_timer"]
+
+T = TypeVar("T")
+S = TypeVar("S", bound=enum.IntEnum)
+
+StepFn = Callable[[Run[T, S]], Awaitable[StepResult[S]] | StepResult[S]]
+CallbackFn = Callable[[Run[T, S], bytes], Awaitable[StepResult[S]] | StepResult[S]]
+TimerFn = Callable[[Run[T, S], datetime], Awaitable[datetime | None] | datetime | None]
+TimeoutFn = Callable[[Run[T, S], datetime], Awaitable[StepResult[S]] | StepResult[S]]
+HookFn = Callable[[TypedRecord[T, S]], Awaitable[None] | None]
+ConnectorFn = Callable[["Workflow[T, S]", ConnectorEvent], Awaitable[None] | None]
+
+
+def duration_timer(duration: timedelta | float) -> Callable[[Any, datetime], datetime]:
+    """A timer function that expires ``duration`` after the run reaches the status."""
+    d = as_timedelta(duration)
+    if d < timedelta(0):
+        raise ValueError("duration_timer needs a non-negative duration")
+
+    def timer(run: Any, now: datetime) -> datetime:
+        return now + d
+
+    timer.__name__ = f"duration_timer({d})"
+    return timer
+
+
+@dataclass
+class StepConfig:
+    fn: Callable[..., Any]
+    options: ProcessOptions = field(default_factory=ProcessOptions)
+
+
+@dataclass
+class TimeoutConfig:
+    pairs: list[tuple[Callable[..., Any], Callable[..., Any]]] = field(default_factory=list)
+    options: ProcessOptions = field(default_factory=ProcessOptions)
+
+
+@dataclass
+class ConnectorConfig:
+    constructor: ConnectorConstructor
+    fn: Callable[..., Any]
+    options: ProcessOptions = field(default_factory=ProcessOptions)
+
+
+class _Handle:
+    """Returned by ``add_step``/``add_timeout``/``add_connector``: set that process's options."""
+
+    _refused: tuple[str, ...] = ()
+
+    def __init__(self, target: StepConfig | TimeoutConfig | ConnectorConfig, what: str) -> None:
+        self._target = target
+        self._what = what
+
+    def with_options(self, **options: Any) -> _Handle:
+        """Set options (each one replaces a previous value): ``parallel_count``,
+        ``polling_frequency``, ``err_backoff``, ``lag``, ``lag_alert``, ``pause_after_err_count``."""
+        for name in self._refused:
+            if options.get(name) is not None:
+                raise ValueError(f"{self._what} cannot be configured with {name}")
+        opts = make_options(**options)
+        self._target.options = opts.over(self._target.options)
+        return self
+
+
+class _TimeoutHandle(_Handle):
+    _refused = ("parallel_count", "lag")
+
+
+def _fn_name(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+class Builder(Generic[T, S]):
+    """Declares a workflow. ``Builder[User, Status]("name")`` or ``Builder("name", User, Status)``.
+
+    ``T`` is anything pydantic can validate and dump to JSON; ``S`` is an ``enum.IntEnum`` whose
+    value 0 is reserved for "unknown".
+    """
+
+    def __init__(
+        self,
+        name: str,
+        object_type: type[T] | Any = None,
+        status_type: type[S] | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError("a workflow needs a non-empty name")
+        self.name = name
+        self._object_type = object_type
+        self._status_type: type[S] | None = None
+        if status_type is not None:
+            self._set_status_type(status_type)
+        self.graph = Graph()
+        self.steps: dict[int, StepConfig] = {}
+        self.callbacks: dict[int, list[Callable[..., Any]]] = {}
+        self.timeouts: dict[int, TimeoutConfig] = {}
+        self.connectors: dict[str, ConnectorConfig] = {}
+        self.hooks: dict[RunState, Callable[..., Any]] = {}
+
+    # -- types --------------------------------------------------------------------------
+
+    def _set_status_type(self, status_type: Any) -> None:
+        if not (isinstance(status_type, type) and issubclass(status_type, enum.IntEnum)):
+            raise ValueError(f"the status type must be an enum.IntEnum, got {status_type!r}")
+        if self._status_type is not None and self._status_type is not status_type:
+            raise ValueError(
+                f"statuses of {status_type.__name__} mixed with {self._status_type.__name__}; "
+                "a workflow uses one status enum"
+            )
+        self._status_type = status_type
+
+    def _generic_args(self) -> tuple[Any, ...]:
+        orig = getattr(self, "__orig_class__", None)
+        return get_args(orig) if orig is not None else ()
+
+    def _status(self, value: Any, role: str) -> int:
+        args = self._generic_args()
+        if self._status_type is None and len(args) == 2 and isinstance(args[1], type):
+            self._set_status_type(args[1])
+        if not isinstance(value, enum.IntEnum):
+            raise ValueError(
+                f"{role} status must be a member of the workflow's IntEnum, got {value!r}"
+            )
+        self._set_status_type(type(value))
+        if int(value) == 0:
+            raise ValueError(f"status 0 ({value!r}) is reserved for 'unknown'; use it nowhere")
+        return int(value)
+
+    def _edges(self, src: Any, dsts: tuple[Any, ...], what: str) -> int:
+        s = self._status(src, "'from'")
+        if not dsts:
+            raise ValueError(f"{what}({src!r}, ...) needs at least one destination status")
+        self.graph.add(s, *(self._status(d, "'to'") for d in dsts))
+        return s
+
+    @staticmethod
+    def _callable(fn: Any, what: str) -> None:
+        if not callable(fn):
+            raise ValueError(f"{what} must be callable, got {fn!r}")
+
+    # -- declarations -------------------------------------------------------------------
+
+    def add_step(self, from_status: S, fn: StepFn[T, S], *to: S) -> _Handle:
+        """One step consumes runs at ``from_status``; ``fn(run)`` returns the next status."""
+        self._callable(fn, "a step function")
+        s = self._status(from_status, "'from'")
+        if s in self.steps:
+            raise ValueError(
+                f"add_step({from_status!r}, ...) already exists: only one step can consume a "
+                f"status (existing: {_fn_name(self.steps[s].fn)})"
+            )
+        self._edges(from_status, to, "add_step")
+        cfg = self.steps[s] = StepConfig(fn)
+        return _Handle(cfg, f"step {from_status!r}")
+
+    def add_callback(self, from_status: S, fn: CallbackFn[T, S], *to: S) -> None:
+        """``fn(run, payload)`` runs when ``wf.callback(foreign_id, from_status, payload)`` is
+        called. Several callbacks may share a status."""
+        self._callable(fn, "a callback function")
+        s = self._edges(from_status, to, "add_callback")
+        self.callbacks.setdefault(s, []).append(fn)
+
+    def add_timeout(
+        self, from_status: S, timer_fn: TimerFn[T, S], timeout_fn: TimeoutFn[T, S], *to: S
+    ) -> _Handle:
+        """When a run reaches ``from_status``, ``timer_fn(run, now)`` gives the expiry (or
+        ``None``); at expiry ``timeout_fn(run, now)`` returns the next status."""
+        self._callable(timer_fn, "a timer function")
+        self._callable(timeout_fn, "a timeout function")
+        s = self._edges(from_status, to, "add_timeout")
+        cfg = self.timeouts.setdefault(s, TimeoutConfig())
+        cfg.pairs.append((timer_fn, timeout_fn))
+        return _TimeoutHandle(cfg, f"timeout {from_status!r}")
+
+    def add_connector(
+        self, name: str, constructor: ConnectorConstructor, fn: ConnectorFn[T, S]
+    ) -> _Handle:
+        """Consume an external stream; ``fn(wf, event)`` usually triggers or calls back."""
+        if not isinstance(name, str) or not name:
+            raise ValueError("a connector needs a non-empty name")
+        if name in self.connectors:
+            raise ValueError(f"connector names need to be unique: {name!r} is already used")
+        if not callable(getattr(constructor, "make", None)):
+            raise ValueError(f"connector {name!r}: the constructor needs an async make(name)")
+        self._callable(fn, "a connector function")
+        cfg = self.connectors[name] = ConnectorConfig(constructor, fn)
+        return _Handle(cfg, f"connector {name!r}")
+
+    def _hook(self, state: RunState, hook: Any) -> None:
+        self._callable(hook, "a hook")
+        self.hooks[state] = hook
+
+    def on_pause(self, hook: HookFn[T, S]) -> None:
+        self._hook(RunState.PAUSED, hook)
+
+    def on_cancel(self, hook: HookFn[T, S]) -> None:
+        self._hook(RunState.CANCELLED, hook)
+
+    def on_complete(self, hook: HookFn[T, S]) -> None:
+        self._hook(RunState.COMPLETED, hook)
+
+    def on_data_deleted(self, hook: HookFn[T, S]) -> None:
+        self._hook(RunState.DATA_DELETED, hook)
+
+    # -- build --------------------------------------------------------------------------
+
+    def build(
+        self,
+        event_streamer: EventStreamer,
+        record_store: RecordStore,
+        role_scheduler: RoleScheduler,
+        *,
+        timeout_store: TimeoutStore | None = None,
+        clock: Clock | None = None,
+        default_options: ProcessOptions | dict[str, Any] | None = None,
+        outbox: OutboxOptions | None = OutboxOptions(),  # noqa: B008 - immutable
+        custom_delete: Callable[[T], T | Awaitable[T]] | None = None,
+        pause_retry: timedelta | float | None = timedelta(hours=1),
+        logger: logging.Logger | None = None,
+        debug: bool = False,
+        error_counter: Any = None,
+        metrics_registry: CollectorRegistry | None = None,
+    ) -> Workflow[T, S]:
+        """Validate the declaration and return the :class:`Workflow`."""
+        from ._workflow import Workflow
+
+        args = self._generic_args()
+        object_type = self._object_type
+        if object_type is None and args:
+            object_type = args[0]
+        if object_type is None:
+            raise ValueError(
+                f"workflow {self.name!r}: give the object type, as Builder[T, S](name) or "
+                "Builder(name, T, S)"
+            )
+        if self._status_type is None and len(args) == 2:
+            self._set_status_type(args[1])
+        if not self.graph.from_order or self._status_type is None:
+            raise ValueError(
+                f"workflow {self.name!r} requires at least one starting point: add a step, "
+                "callback or timeout"
+            )
+        if self.timeouts and timeout_store is None:
+            raise ValueError(
+                f"workflow {self.name!r} has timeouts ({len(self.timeouts)} status(es)) but no "
+                "timeout store: pass build(..., timeout_store=...)"
+            )
+        for what, value in (
+            ("event_streamer", event_streamer),
+            ("record_store", record_store),
+            ("role_scheduler", role_scheduler),
+        ):
+            if value is None:
+                raise ValueError(f"build() needs a {what}")
+        if isinstance(default_options, dict):
+            default_options = make_options(**default_options)
+        if custom_delete is not None:
+            self._callable(custom_delete, "custom_delete")
+        retry = None if pause_retry is None else as_timedelta(pause_retry)
+        if retry is not None and retry <= timedelta(0):
+            raise ValueError("pause_retry must be positive, or None to disable it")
+        return Workflow(
+            self,
+            object_type=object_type,
+            status_type=self._status_type,
+            streamer=event_streamer,
+            store=record_store,
+            roles=role_scheduler,
+            timeout_store=timeout_store,
+            clock=clock,
+            default_options=default_options or ProcessOptions(),
+            outbox=outbox,
+            custom_delete=custom_delete,
+            pause_retry=retry,
+            logger=logger,
+            debug=debug,
+            metrics_registry=metrics_registry,
+            error_counter=error_counter,
+        )

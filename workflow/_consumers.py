@@ -1,0 +1,478 @@
+"""The background processes of a workflow: steps, hooks, delete, pause retry, connectors,
+the outbox relay and schedules (timeouts live in ``_timeouts``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from . import _timeouts
+from ._adapters import EventSender
+from ._errors import (
+    ConcurrentUpdateError,
+    NonRetryableError,
+    RecordNotFoundError,
+    WorkflowError,
+    WorkflowInProgressError,
+)
+from ._options import ProcessOptions
+from ._process import Process, consume, event_foreign_id, event_time
+from ._record import (
+    ConnectorEvent,
+    Event,
+    Header,
+    Record,
+    TypedRecord,
+    decode_outbox_data,
+    delete_topic,
+    run_state_change_topic,
+    topic,
+)
+from ._run import Run
+from ._runstate import RunState, can_move
+
+if TYPE_CHECKING:
+    from ._workflow import Workflow, _Schedule
+
+__all__ = ["build_processes", "guarded", "load_for_event", "schedule_process"]
+
+AUTO_PAUSE_REASON = "max error retry threshold hit - automatically paused"
+DELETED_OBJECT = b'{"result":"deleted"}'
+
+
+class StaleRecordError(WorkflowError):
+    """The store returned an older version than the event announced (a lagging replica)."""
+
+    retriable = True
+
+
+def _role(wf: Workflow[Any, Any], name: str) -> str:
+    return f"{wf.name.replace(' ', '_')}-{name}"
+
+
+def _opt(options: ProcessOptions, name: str) -> Any:
+    value = getattr(options, name)
+    assert value is not None, name
+    return value
+
+
+def build_processes(wf: Workflow[Any, Any]) -> list[Process]:
+    procs: list[Process] = []
+    procs.extend(_step_processes(wf))
+    procs.extend(_timeouts.timeout_processes(wf))
+    procs.extend(_connector_processes(wf))
+    procs.extend(_hook_processes(wf))
+    if wf.outbox is not None:
+        procs.append(_outbox_process(wf))
+    procs.append(_delete_process(wf))
+    if wf.pause_retry is not None:
+        procs.append(_pause_retry_process(wf))
+    return procs
+
+
+# -- shared event handling ---------------------------------------------------------------
+
+
+async def load_for_event(
+    wf: Workflow[Any, Any], proc: Process, event: Event, status: int
+) -> Record | None:
+    """The run an event is about, or None (skipped) when the event is stale or the run is
+    stopped / elsewhere. Raises :class:`StaleRecordError` when the store lags the event."""
+    try:
+        record = await wf.store.lookup(event.foreign_id)
+    except RecordNotFoundError:
+        proc.skip("record not found")
+        return None
+    version = int(event.headers.get(Header.RECORD_VERSION) or 0)
+    if record.meta.version > version:
+        proc.skip("event record version lower than latest record version")
+        return None
+    if record.meta.version < version:
+        raise StaleRecordError(
+            f"stale record lookup: run {record.run_id} is at version {record.meta.version} "
+            f"but the event is for version {version}"
+        )
+    if record.run_state.stopped:
+        proc.skip("record stopped")
+        wf.log.debug("skipping consumption of stopped run", process=proc.name,
+                     foreign_id=record.foreign_id, run_id=record.run_id,
+                     run_state=record.run_state)
+        return None
+    if record.status != status:
+        proc.skip("record status not in expected state")
+        return None
+    return record
+
+
+async def guarded(
+    wf: Workflow[Any, Any],
+    proc: Process,
+    record: Record,
+    work: Callable[[Run[Any, Any]], Awaitable[None]],
+    pause_after: int,
+) -> None:
+    """Run user work on a record. Errors count per (process, run); the run is paused after
+    ``pause_after`` consecutive errors or at once on :class:`NonRetryableError`; otherwise
+    the error propagates (the event is retried after the backoff). A success resets the count.
+    """
+    counter = wf.error_counter
+    try:
+        await work(wf.new_run(record))
+    except ConcurrentUpdateError:
+        counter.clear(proc.name, record.run_id)
+        proc.skip("record modified concurrently")
+    except Exception as err:
+        non_retryable = isinstance(err, NonRetryableError)
+        count = counter.add(proc.name, record.run_id)
+        ctx = {
+            "process": proc.name,
+            "foreign_id": record.foreign_id,
+            "run_id": record.run_id,
+            "status": wf.status_type(record.status).name,
+        }
+        if not non_retryable and (pause_after <= 0 or count < pause_after):
+            wf.log.warning(f"step error {count}: {err!r}", **ctx)
+            raise
+        reason = str(err) if non_retryable else f"{AUTO_PAUSE_REASON} ({count} errors, last: {err!r})"
+        counter.clear(proc.name, record.run_id)
+        if can_move(record.run_state, RunState.PAUSED):
+            with contextlib.suppress(ConcurrentUpdateError):
+                await wf.write(
+                    wf._next_version(record, run_state=RunState.PAUSED, reason=reason),
+                    record.run_state,
+                )
+        wf.log.warning(f"paused run: {reason}", **ctx)
+    else:
+        counter.clear(proc.name, record.run_id)
+
+
+# -- steps -----------------------------------------------------------------------------
+
+
+def _step_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
+    from ._workflow import call_user
+
+    for status, cfg in wf.steps.items():
+        opts = cfg.options.over(wf.defaults)
+        n = _opt(opts, "parallel_count")
+        label = wf.status_type(status).name.lower()
+        for i in range(1, n + 1):
+            name = f"{label}-consumer-{i}-of-{n}"
+            role = _role(wf, f"{status}-consumer-{i}-of-{n}")
+
+            def make_body(
+                status: int = status,
+                fn: Callable[..., Any] = cfg.fn,
+                opts: ProcessOptions = opts,
+                role: str = role,
+                shard: tuple[int, int] | None = (i - 1, n) if n > 1 else None,
+            ) -> Callable[[Process], Awaitable[None]]:
+                pause_after = _opt(opts, "pause_after_err_count")
+
+                async def body(proc: Process) -> None:
+                    async def work(run: Run[Any, Any]) -> None:
+                        result = await call_user(fn, run)
+                        if not await wf.apply(run.record, run, result):
+                            proc.skip("next value specified skip")
+
+                    async def handle(event: Event) -> None:
+                        record = await load_for_event(wf, proc, event, status)
+                        if record is not None:
+                            await guarded(wf, proc, record, work, pause_after)
+
+                    receiver = await wf.streamer.new_receiver(
+                        topic(wf.name, status),
+                        role,
+                        poll_frequency=_opt(opts, "polling_frequency").total_seconds(),
+                    )
+                    try:
+                        await consume(
+                            proc,
+                            receiver.recv,
+                            handle,
+                            created_at=event_time,
+                            shard_key=event_foreign_id,
+                            shard=shard,
+                            lag=_opt(opts, "lag"),
+                            lag_alert=_opt(opts, "lag_alert"),
+                        )
+                    finally:
+                        await receiver.close()
+
+                return body
+
+            yield Process(wf, name, role, make_body(), _opt(opts, "err_backoff"))
+
+
+# -- run-state-change consumers ----------------------------------------------------------
+
+
+def _event_consumer(
+    wf: Workflow[Any, Any],
+    name: str,
+    topic_name: str,
+    handle: Callable[[Process, Event], Awaitable[None]],
+    *,
+    accept: Callable[[Event], bool] | None = None,
+    before: Callable[[Event], Awaitable[None]] | None = None,
+    lag_alert: timedelta | None = None,
+) -> Process:
+    role = _role(wf, name)
+    alert = lag_alert if lag_alert is not None else _opt(wf.defaults, "lag_alert")
+
+    async def body(proc: Process) -> None:
+        receiver = await wf.streamer.new_receiver(
+            topic_name, role, poll_frequency=_opt(wf.defaults, "polling_frequency").total_seconds()
+        )
+        try:
+            await consume(
+                proc,
+                receiver.recv,
+                lambda event: handle(proc, event),
+                created_at=event_time,
+                accept=accept,
+                before=before,
+                lag_alert=alert,
+            )
+        finally:
+            await receiver.close()
+
+    return Process(wf, name, role, body, _opt(wf.defaults, "err_backoff"))
+
+
+def _run_state_is(state: RunState) -> Callable[[Event], bool]:
+    value = str(int(state))
+    return lambda event: event.headers.get(Header.RUN_STATE) == value
+
+
+def _hook_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
+    from ._workflow import call_user
+
+    for state, hook in wf.hooks.items():
+
+        async def handle(
+            proc: Process, event: Event, hook: Callable[..., Any] = hook
+        ) -> None:
+            try:
+                record = await wf.store.lookup(event.foreign_id)
+            except RecordNotFoundError:
+                proc.skip("record not found")
+                return
+            try:
+                run = wf.new_run(record)
+            except ValueError:
+                proc.skip("unable to unmarshal object")
+                return
+            await call_user(hook, TypedRecord(record, run.status, run.object))
+
+        name = f"{state.name.lower()}-run-state-change-hook-consumer"
+        yield _event_consumer(
+            wf, name, run_state_change_topic(wf.name), handle, accept=_run_state_is(state)
+        )
+
+
+def _delete_process(wf: Workflow[Any, Any]) -> Process:
+    from ._workflow import call_user
+
+    async def handle(proc: Process, event: Event) -> None:
+        try:
+            record = await wf.store.lookup(event.foreign_id)
+        except RecordNotFoundError:
+            proc.skip("record not found")
+            return
+        version = int(event.headers.get(Header.RECORD_VERSION) or 0)
+        if record.run_state is not RunState.REQUESTED_DATA_DELETED or record.meta.version != version:
+            proc.skip("record not awaiting deletion")
+            return
+        if wf.custom_delete is None:
+            data = DELETED_OBJECT
+        else:
+            obj = wf.decode(record.object)
+            data = wf.encode(await call_user(wf.custom_delete, obj))
+        new = wf._next_version(record, run_state=RunState.DATA_DELETED, obj=data)
+        try:
+            await wf.write(new, record.run_state)
+        except ConcurrentUpdateError:
+            proc.skip("record modified concurrently")
+
+    return _event_consumer(wf, "delete-consumer", delete_topic(wf.name), handle)
+
+
+def _pause_retry_process(wf: Workflow[Any, Any]) -> Process:
+    retry = wf.pause_retry
+    assert retry is not None
+    clock = wf.clock
+
+    async def wait_until_due(event: Event) -> None:
+        # Wait (outside the in-flight window) until the pause is `retry` old on the
+        # engine's clock. The record's updated_at is the moment it was paused.
+        with contextlib.suppress(RecordNotFoundError):
+            record = await wf.store.lookup(event.foreign_id)
+            if record.run_state is RunState.PAUSED:
+                await clock.sleep_until(record.updated_at + retry)
+
+    async def handle(proc: Process, event: Event) -> None:
+        try:
+            record = await wf.store.lookup(event.foreign_id)
+        except RecordNotFoundError:
+            proc.skip("record not found")
+            return
+        version = int(event.headers.get(Header.RECORD_VERSION) or 0)
+        if record.run_state is not RunState.PAUSED or record.meta.version != version:
+            proc.skip("record no longer paused at this version")
+            return
+        if record.updated_at + retry > clock.now():
+            await clock.sleep_until(record.updated_at + retry)
+        try:
+            await wf.write(
+                wf._next_version(record, run_state=RunState.RUNNING, reason=""), record.run_state
+            )
+            wf.log.debug("resumed paused run", run_id=record.run_id, foreign_id=record.foreign_id)
+        except ConcurrentUpdateError:
+            proc.skip("record modified concurrently")
+
+    alert = retry * 3 if retry * 3 >= timedelta(minutes=1) else retry + timedelta(minutes=5)
+    return _event_consumer(
+        wf,
+        "paused-records-retry-consumer",
+        run_state_change_topic(wf.name),
+        handle,
+        accept=_run_state_is(RunState.PAUSED),
+        before=wait_until_due,
+        lag_alert=alert,
+    )
+
+
+# -- connectors ------------------------------------------------------------------------
+
+
+def _connector_time(wf: Workflow[Any, Any]) -> Callable[[ConnectorEvent], datetime]:
+    return lambda ce: ce.created_at if ce.created_at is not None else wf.clock.now()
+
+
+def _connector_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
+    from ._workflow import call_user
+
+    for cname, cfg in wf.connectors.items():
+        opts = cfg.options.over(wf.defaults)
+        n = _opt(opts, "parallel_count")
+        for i in range(1, n + 1):
+            name = f"{cname}-connector-to-{wf.name.replace(' ', '_')}-consumer-{i}-of-{n}"
+            role = _role(wf, name)
+
+            def make_body(
+                cfg: Any = cfg,
+                opts: ProcessOptions = opts,
+                role: str = role,
+                shard: tuple[int, int] | None = (i - 1, n) if n > 1 else None,
+            ) -> Callable[[Process], Awaitable[None]]:
+                async def body(proc: Process) -> None:
+                    consumer = await cfg.constructor.make(role)
+
+                    async def handle(ce: ConnectorEvent) -> None:
+                        await call_user(cfg.fn, wf, ce)
+
+                    try:
+                        await consume(
+                            proc,
+                            consumer.recv,
+                            handle,
+                            created_at=_connector_time(wf),
+                            shard_key=lambda ce: ce.foreign_id,
+                            shard=shard,
+                            lag=_opt(opts, "lag"),
+                            lag_alert=_opt(opts, "lag_alert"),
+                        )
+                    finally:
+                        await consumer.close()
+
+                return body
+
+            yield Process(wf, name, role, make_body(), _opt(opts, "err_backoff"))
+
+
+# -- outbox relay ------------------------------------------------------------------------
+
+
+def _outbox_process(wf: Workflow[Any, Any]) -> Process:
+    cfg = wf.outbox
+    assert cfg is not None
+    store = wf.store
+    poll = cfg.polling_frequency.total_seconds()
+    alert_s = cfg.lag_alert.total_seconds()
+    bulk_delete = getattr(store, "delete_outbox_events", None)
+
+    async def body(proc: Process) -> None:
+        senders: dict[str, EventSender] = {}
+        signal = wf.signals.outbox_event(wf.name)
+        try:
+            while not proc.stopping:
+                signal.clear()
+                events = await store.list_outbox_events(wf.name, cfg.lookup_limit)
+                if not events:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(signal.wait(), poll)
+                    continue
+                proc.busy = True
+                try:
+                    t0 = time.perf_counter()
+                    for ev in events:
+                        run_id, status, headers = decode_outbox_data(ev.data)
+                        tp = headers[Header.TOPIC]
+                        sender = senders.get(tp)
+                        if sender is None:
+                            sender = senders[tp] = await wf.streamer.new_sender(tp)
+                        await sender.send(run_id, status, headers)
+                        if bulk_delete is None:
+                            await store.delete_outbox_event(ev.id)
+                    if bulk_delete is not None:
+                        await bulk_delete([ev.id for ev in events])
+                    lag_s = (wf.clock.now() - events[0].created_at).total_seconds()
+                    proc.lag_gauge.set(lag_s)
+                    proc.lag_alert_gauge.set(1 if lag_s > alert_s else 0)
+                    proc.latency.observe((time.perf_counter() - t0) / len(events))
+                finally:
+                    proc.busy = False
+        finally:
+            for sender in senders.values():
+                with contextlib.suppress(Exception):
+                    await sender.close()
+
+    return Process(wf, "outbox-consumer", _role(wf, "outbox-consumer"), body, cfg.err_backoff)
+
+
+# -- schedules ---------------------------------------------------------------------------
+
+
+def schedule_process(wf: Workflow[Any, Any], sched: _Schedule) -> Process:
+    from ._workflow import call_user
+
+    clock = wf.clock
+    name = f"{sched.foreign_id}-scheduler-{sched.cron.spec}"
+
+    async def body(proc: Process) -> None:
+        try:
+            last = (await wf.store.latest(wf.name, sched.foreign_id)).created_at
+        except RecordNotFoundError:
+            last = clock.now()
+        while not proc.stopping:
+            due = sched.cron.next(last)
+            await clock.sleep_until(due)
+            proc.busy = True
+            try:
+                if sched.filter is not None and not await call_user(sched.filter):
+                    wf.log.debug("schedule tick filtered out", foreign_id=sched.foreign_id)
+                else:
+                    try:
+                        await wf.trigger(sched.foreign_id, initial_value=sched.initial)
+                    except WorkflowInProgressError:
+                        proc.skip("run in progress")
+                last = max(due, clock.now())
+            finally:
+                proc.busy = False
+
+    return Process(wf, name, _role(wf, name), body, _opt(wf.defaults, "err_backoff"))

@@ -1,0 +1,238 @@
+"""Background processes: role-guarded supervision, error backoff and the generic consume loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from ._adapters import Ack
+from ._record import Event, Header
+from ._runstate import State
+
+if TYPE_CHECKING:
+    from ._workflow import Workflow
+
+__all__ = [
+    "ErrorCounter",
+    "MemErrorCounter",
+    "Process",
+    "consume",
+    "event_foreign_id",
+    "event_time",
+    "shard_of",
+]
+
+
+class ErrorCounter(Protocol):
+    """Counts consecutive errors of one run in one process (for ``pause_after_err_count``)."""
+
+    def add(self, process: str, run_id: str) -> int:
+        """Count one more error and return the count."""
+        ...
+
+    def clear(self, process: str, run_id: str) -> None:
+        """Forget the run's count (after a success or a pause)."""
+        ...
+
+
+class MemErrorCounter:
+    """The default counter: in memory, entries removed on success, so it does not grow."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str], int] = {}
+
+    def add(self, process: str, run_id: str) -> int:
+        key = (process, run_id)
+        n = self._counts.get(key, 0) + 1
+        self._counts[key] = n
+        return n
+
+    def clear(self, process: str, run_id: str) -> None:
+        self._counts.pop((process, run_id), None)
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+
+def shard_of(key: str, shards: int) -> int:
+    """The shard (0-based) that owns ``key``: a stable hash, identical in every process."""
+    return zlib.crc32(key.encode()) % shards
+
+
+class Process:
+    """One named background process, run under its role, restarted after errors."""
+
+    def __init__(
+        self,
+        wf: Workflow[Any, Any],
+        name: str,
+        role: str,
+        body: Callable[[Process], Awaitable[None]],
+        err_backoff: timedelta,
+    ) -> None:
+        self.wf = wf
+        self.name = name
+        self.role = role
+        self.body = body
+        self.err_backoff = err_backoff
+        self.state = State.UNKNOWN
+        self.busy = False
+        self.task: asyncio.Task[None] | None = None
+        self._gauge = wf.metrics.process_states.labels(wf.name, name)
+        self.errors = wf.metrics.process_errors.labels(wf.name, name)
+        self.latency = wf.metrics.process_latency.labels(wf.name, name)
+        self.lag_gauge = wf.metrics.process_lag.labels(wf.name, name)
+        self.lag_alert_gauge = wf.metrics.process_lag_alert.labels(wf.name, name)
+        self._skips: dict[str, Any] = {}
+        self.set_state(State.IDLE)
+
+    @property
+    def stopping(self) -> bool:
+        return self.wf._stopping
+
+    def set_state(self, state: State) -> None:
+        self.state = state
+        self._gauge.set(int(state))
+
+    def skip(self, reason: str) -> None:
+        c = self._skips.get(reason)
+        if c is None:
+            c = self._skips[reason] = self.wf.metrics.process_skipped.labels(
+                self.wf.name, self.name, reason
+            )
+        c.inc()
+
+    def start(self) -> None:
+        self.set_state(State.IDLE)
+        self.task = asyncio.create_task(self._supervise(), name=f"workflow:{self.name}")
+
+    async def _supervise(self) -> None:
+        wf = self.wf
+        try:
+            while not self.stopping:
+                self.set_state(State.IDLE)
+                try:
+                    lease = await wf.roles.await_role(self.role)
+                except Exception:
+                    wf.log.error("role scheduler error", exc=True, role=self.role, process=self.name)
+                    self.errors.inc()
+                    await self._backoff()
+                    continue
+                error: BaseException | None = None
+                finished = False
+                body = asyncio.create_task(self.body(self))
+                lost = asyncio.create_task(lease.wait_lost())
+                try:
+                    self.set_state(State.RUNNING)
+                    await asyncio.wait({body, lost}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    lost.cancel()
+                    if not body.done():
+                        body.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await body
+                    elif not body.cancelled():
+                        error = body.exception()
+                        finished = error is None
+                    await lease.release()
+                if error is not None:
+                    wf.log.error(
+                        f"run error [role={self.role}], [process={self.name}]: {error!r}",
+                        role=self.role,
+                        process=self.name,
+                    )
+                    self.errors.inc()
+                    await self._backoff()
+                elif finished:
+                    return  # the body saw the stop request and returned
+        finally:
+            self.busy = False
+            self.set_state(State.SHUTDOWN)
+
+    async def _backoff(self) -> None:
+        clock = self.wf.clock
+        await clock.sleep_until(clock.now() + self.err_backoff)
+
+    async def stop(self, deadline: float) -> None:
+        """Let the event in hand finish until ``deadline`` (monotonic), then cancel."""
+        task = self.task
+        if task is None or task.done():
+            self.set_state(State.SHUTDOWN)
+            return
+        if self.busy:
+            remaining = deadline - time.monotonic()
+            if remaining > 0:
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(asyncio.shield(task), remaining)
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        self.set_state(State.SHUTDOWN)
+
+
+X = TypeVar("X")
+
+
+async def consume(
+    proc: Process,
+    recv: Callable[[], Awaitable[tuple[X, Ack]]],
+    handle: Callable[[X], Awaitable[None]],
+    *,
+    created_at: Callable[[X], datetime],
+    shard_key: Callable[[X], str] | None = None,
+    shard: tuple[int, int] | None = None,
+    accept: Callable[[X], bool] | None = None,
+    lag: timedelta = timedelta(0),
+    lag_alert: timedelta = timedelta(0),
+    before: Callable[[X], Awaitable[None]] | None = None,
+) -> None:
+    """Receive, wait out the lag, filter, handle, ack — until the workflow stops.
+
+    ``before`` runs outside the in-flight window (a long wait there does not hold up
+    ``stop()``). An exception from ``handle`` leaves the item unacknowledged and ends the
+    attempt; the supervisor backs off and a new receiver delivers the same item again.
+    """
+    clock = proc.wf.clock
+    alert_s = lag_alert.total_seconds()
+    lagged = lag > timedelta(0)
+    while not proc.stopping:
+        item, ack = await recv()
+        born = created_at(item)
+        if lagged:
+            await clock.sleep_until(born + lag)
+        lag_s = (clock.now() - born).total_seconds()
+        proc.lag_gauge.set(lag_s)
+        if alert_s > 0:
+            proc.lag_alert_gauge.set(1 if lag_s > alert_s else 0)
+        if (
+            shard is not None
+            and shard_key is not None
+            and shard_of(shard_key(item), shard[1]) != shard[0]
+        ) or (accept is not None and not accept(item)):
+            await ack()
+            proc.skip("filtered out")
+            continue
+        if before is not None:
+            await before(item)
+        proc.busy = True
+        try:
+            t0 = time.perf_counter()
+            await handle(item)
+            await ack()
+            proc.latency.observe(time.perf_counter() - t0)
+        finally:
+            proc.busy = False
+
+
+def event_time(event: Event) -> datetime:
+    return event.created_at
+
+
+def event_foreign_id(event: Event) -> str:
+    return event.headers.get(Header.FOREIGN_ID, "")
