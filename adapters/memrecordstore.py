@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+
 from workflow import (
     ConcurrentUpdateError,
     OutboxEvent,
@@ -87,11 +89,11 @@ class MemRecordStore:
         limit: int = 25,
         order: Order = "asc",
         *filters: Filter,
-    ) -> list[Record]:
+    ) -> builtins.list[Record]:
         if limit <= 0:
             limit = 25
         ids = self._order if order == "asc" else reversed(self._order)
-        out: list[Record] = []
+        out: builtins.list[Record] = []
         skipped = 0
         for run_id in ids:
             rec = self._records[run_id]
@@ -107,11 +109,13 @@ class MemRecordStore:
                 break
         return out
 
-    async def list_outbox_events(self, workflow_name: str, limit: int) -> list[OutboxEvent]:
+    async def list_outbox_events(
+        self, workflow_name: str, limit: int
+    ) -> builtins.list[OutboxEvent]:
         events = self._outbox.get(workflow_name)
         if not events:
             return []
-        out: list[OutboxEvent] = []
+        out: builtins.list[OutboxEvent] = []
         for ev in events.values():
             out.append(ev)
             if len(out) >= limit:
@@ -123,7 +127,7 @@ class MemRecordStore:
         if wf is not None:
             self._outbox[wf].pop(id, None)
 
-    async def history(self, run_id: str) -> list[Record]:
+    async def history(self, run_id: str) -> builtins.list[Record]:
         """Every stored version of the run, oldest first."""
         try:
             return list(self._history[run_id])

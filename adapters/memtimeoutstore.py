@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import itertools
 from datetime import datetime
 
@@ -63,7 +64,7 @@ class MemTimeoutStore:
     async def cancel(self, id: int) -> None:
         self._timeouts.pop(id, None)
 
-    async def list(self, workflow_name: str) -> list[TimeoutRecord]:
+    async def list(self, workflow_name: str) -> builtins.list[TimeoutRecord]:
         return [
             t
             for t in self._timeouts.values()
@@ -72,7 +73,7 @@ class MemTimeoutStore:
 
     async def list_valid(
         self, workflow_name: str, status: int, now: datetime
-    ) -> list[TimeoutRecord]:
+    ) -> builtins.list[TimeoutRecord]:
         return [
             t
             for t in self._timeouts.values()

@@ -6,6 +6,7 @@ Every method is ``async``. ``adapters.adaptertest`` holds conformance suites for
 from __future__ import annotations
 
 import asyncio
+import builtins
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -155,12 +156,14 @@ class RecordStore(Protocol):
         limit: int = 25,
         order: Order = "asc",
         *filters: Filter,
-    ) -> list[Record]:
+    ) -> builtins.list[Record]:
         """A page of runs ordered by creation; ``workflow_name=""`` means every workflow;
         ``offset_id`` is a row offset."""
         ...
 
-    async def list_outbox_events(self, workflow_name: str, limit: int) -> list[OutboxEvent]:
+    async def list_outbox_events(
+        self, workflow_name: str, limit: int
+    ) -> builtins.list[OutboxEvent]:
         """Unpublished outbox events, oldest first."""
         ...
 
@@ -194,13 +197,13 @@ class TimeoutStore(Protocol):
         """Delete a timer. Cancelling an absent id is not an error."""
         ...
 
-    async def list(self, workflow_name: str) -> list[TimeoutRecord]:
+    async def list(self, workflow_name: str) -> builtins.list[TimeoutRecord]:
         """Every timer of the workflow that is not completed, in creation order."""
         ...
 
     async def list_valid(
         self, workflow_name: str, status: int, now: datetime
-    ) -> list[TimeoutRecord]:
+    ) -> builtins.list[TimeoutRecord]:
         """Timers of that status that are not completed and have ``expire_at <= now``."""
         ...
 

@@ -77,8 +77,11 @@ class _Handle:
         self._what = what
 
     def with_options(self, **options: Any) -> _Handle:
-        """Set options (each one replaces a previous value): ``parallel_count``,
-        ``polling_frequency``, ``err_backoff``, ``lag``, ``lag_alert``, ``pause_after_err_count``."""
+        """Set options; each one replaces a previous value.
+
+        ``parallel_count``, ``polling_frequency``, ``err_backoff``, ``lag``, ``lag_alert``,
+        ``pause_after_err_count``.
+        """
         for name in self._refused:
             if options.get(name) is not None:
                 raise ValueError(f"{self._what} cannot be configured with {name}")
@@ -132,7 +135,7 @@ class Builder(Generic[T, S]):
                 f"statuses of {status_type.__name__} mixed with {self._status_type.__name__}; "
                 "a workflow uses one status enum"
             )
-        self._status_type = status_type
+        self._status_type = status_type  # type: ignore[assignment]
 
     def _generic_args(self) -> tuple[Any, ...]:
         orig = getattr(self, "__orig_class__", None)

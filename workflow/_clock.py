@@ -46,7 +46,9 @@ class FakeClock:
     def __init__(self, start: datetime | None = None) -> None:
         start = start or datetime(2024, 1, 1, tzinfo=UTC)
         if start.tzinfo is None:
-            raise ValueError("FakeClock needs a timezone-aware start, e.g. datetime(..., tzinfo=UTC)")
+            raise ValueError(
+                "FakeClock needs a timezone-aware start, e.g. datetime(..., tzinfo=UTC)"
+            )
         self._now = start.astimezone(UTC)
         self._waiters: list[tuple[datetime, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -98,9 +98,13 @@ async def load_for_event(
         )
     if record.run_state.stopped:
         proc.skip("record stopped")
-        wf.log.debug("skipping consumption of stopped run", process=proc.name,
-                     foreign_id=record.foreign_id, run_id=record.run_id,
-                     run_state=record.run_state)
+        wf.log.debug(
+            "skipping consumption of stopped run",
+            process=proc.name,
+            foreign_id=record.foreign_id,
+            run_id=record.run_id,
+            run_state=record.run_state,
+        )
         return None
     if record.status != status:
         proc.skip("record status not in expected state")
@@ -137,7 +141,9 @@ async def guarded(
         if not non_retryable and (pause_after <= 0 or count < pause_after):
             wf.log.warning(f"step error {count}: {err!r}", **ctx)
             raise
-        reason = str(err) if non_retryable else f"{AUTO_PAUSE_REASON} ({count} errors, last: {err!r})"
+        reason = (
+            str(err) if non_retryable else f"{AUTO_PAUSE_REASON} ({count} errors, last: {err!r})"
+        )
         counter.clear(proc.name, record.run_id)
         if can_move(record.run_state, RunState.PAUSED):
             with contextlib.suppress(ConcurrentUpdateError):
@@ -170,7 +176,7 @@ def _step_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
                 opts: ProcessOptions = opts,
                 role: str = role,
                 shard: tuple[int, int] | None = (i - 1, n) if n > 1 else None,
-            ) -> Callable[[Process], Awaitable[None]]:
+            ) -> Callable[[Process], Coroutine[Any, Any, None]]:
                 pause_after = _opt(opts, "pause_after_err_count")
 
                 async def body(proc: Process) -> None:
@@ -254,9 +260,7 @@ def _hook_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
 
     for state, hook in wf.hooks.items():
 
-        async def handle(
-            proc: Process, event: Event, hook: Callable[..., Any] = hook
-        ) -> None:
+        async def handle(proc: Process, event: Event, hook: Callable[..., Any] = hook) -> None:
             try:
                 record = await wf.store.lookup(event.foreign_id)
             except RecordNotFoundError:
@@ -285,7 +289,10 @@ def _delete_process(wf: Workflow[Any, Any]) -> Process:
             proc.skip("record not found")
             return
         version = int(event.headers.get(Header.RECORD_VERSION) or 0)
-        if record.run_state is not RunState.REQUESTED_DATA_DELETED or record.meta.version != version:
+        if (
+            record.run_state is not RunState.REQUESTED_DATA_DELETED
+            or record.meta.version != version
+        ):
             proc.skip("record not awaiting deletion")
             return
         if wf.custom_delete is None:
@@ -369,7 +376,7 @@ def _connector_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
                 opts: ProcessOptions = opts,
                 role: str = role,
                 shard: tuple[int, int] | None = (i - 1, n) if n > 1 else None,
-            ) -> Callable[[Process], Awaitable[None]]:
+            ) -> Callable[[Process], Coroutine[Any, Any, None]]:
                 async def body(proc: Process) -> None:
                     consumer = await cfg.constructor.make(role)
 

@@ -46,16 +46,9 @@ _DESCRIPTORS: dict[str, str] = {
     "@hourly": "0 * * * *",
 }
 
-_UNIT_NS: dict[str, int] = {
-    "ns": 1,
-    "us": 1_000,
-    "\u00b5s": 1_000,  # micro sign
-    "\u03bcs": 1_000,  # greek small letter mu
-    "ms": 1_000_000,
-    "s": 1_000_000_000,
-    "m": 60_000_000_000,
-    "h": 3_600_000_000_000,
-}
+# Go's duration units; "\u00b5s" is the micro sign, "\u03bcs" the Greek mu.
+_UNIT_NS = {"ns": 1, "us": 10**3, "\u00b5s": 10**3, "\u03bcs": 10**3, "ms": 10**6}
+_UNIT_NS |= {"s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
 _GROUP = re.compile("([0-9]+(?:\\.[0-9]*)?|\\.[0-9]+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
 _DURATION = re.compile(f"(?:{_GROUP.pattern})+")
 
@@ -64,16 +57,9 @@ _DURATION = re.compile(f"(?:{_GROUP.pattern})+")
 # are three letters long, so a lone H/R can only be one of these.
 _NONDETERMINISTIC = re.compile(r"(?<![a-z])[hr](?![a-z])", re.IGNORECASE)
 
-_NAMES: dict[str, int] = {
-    name: value
-    for names, first in (
-        ("jan feb mar apr may jun jul aug sep oct nov dec", 1),
-        ("sun mon tue wed thu fri sat", 0),
-    )
-    for value, name in enumerate(names.split(), first)
-}
+_NAMES = {n: i for i, n in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split(), 1)}
+_NAMES |= {n: i for i, n in enumerate("sun mon tue wed thu fri sat".split())}
 
-# Start of the trial run that rejects crontabs that can never fire (Feb 30).
 _PROBE_START = datetime(2000, 1, 1, tzinfo=UTC)
 
 
@@ -87,11 +73,8 @@ def _parse_duration(text: str) -> timedelta:
             "<number><unit> groups with units ns, us, µs, ms, s, m, h "
             "(e.g. '90s', '5m', '1h30m', '1.5h')"
         )
-    total_ns = sum(
-        (Fraction(num) * _UNIT_NS[unit] for num, unit in _GROUP.findall(text)),
-        Fraction(0),
-    )
-    micros = int(total_ns / 1000)
+    groups = _GROUP.findall(text)
+    micros = int(sum((Fraction(n) * _UNIT_NS[u] for n, u in groups), Fraction(0)) / 1000)
     if micros <= 0:
         raise ValueError(
             f"invalid @every duration {text!r}: must be at least 1us "
@@ -112,7 +95,10 @@ def _collapse_equal_ranges(field: str) -> str:
     parts = field.split(",")
     for i, part in enumerate(parts):
         low, dash, high = part.split("/", 1)[0].partition("-")
-        bounds = [_NAMES.get(b.lower(), int(b) if b.isdigit() else None) for b in (low, high)]
+        bounds = [
+            _NAMES.get(b.lower(), int(b) if b.isascii() and b.isdigit() else None)
+            for b in (low, high)
+        ]
         if dash and bounds[0] is not None and bounds[0] == bounds[1]:
             parts[i] = low
     return ",".join(parts)
@@ -140,8 +126,8 @@ def _parse_crontab(spec: str) -> tuple[str, bool]:
         )
     day_or = not any(f.startswith(("*", "?")) for f in (fields[2], fields[4]))
     try:
-        # croniter only validates the syntax when constructed; an impossible
-        # date such as "0 0 30 2 *" is reported by the first get_next().
+        # croniter only checks syntax when constructed; a trial get_next()
+        # rejects specs that never fire, such as "0 0 30 2 *".
         croniter(expr, _PROBE_START, day_or=day_or).get_next(datetime)
     except CroniterBadDateError:
         raise ValueError(f"crontab spec {spec!r} never matches any date") from None

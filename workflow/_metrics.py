@@ -60,9 +60,7 @@ class Metrics:
         )
 
 
-_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, Metrics] = (
-    weakref.WeakKeyDictionary()
-)
+_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, Metrics] = weakref.WeakKeyDictionary()
 
 
 def metrics_for(registry: CollectorRegistry | None = None) -> Metrics:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -72,7 +72,7 @@ class Process:
         wf: Workflow[Any, Any],
         name: str,
         role: str,
-        body: Callable[[Process], Awaitable[None]],
+        body: Callable[[Process], Coroutine[Any, Any, None]],
         err_backoff: timedelta,
     ) -> None:
         self.wf = wf
@@ -119,7 +119,9 @@ class Process:
                 try:
                     lease = await wf.roles.await_role(self.role)
                 except Exception:
-                    wf.log.error("role scheduler error", exc=True, role=self.role, process=self.name)
+                    wf.log.error(
+                        "role scheduler error", exc=True, role=self.role, process=self.name
+                    )
                     self.errors.inc()
                     await self._backoff()
                     continue

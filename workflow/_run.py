@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar, Union
 
 from ._record import Record, TypedRecord
 from ._runstate import RunState
@@ -60,7 +60,7 @@ class RunStateChange(Directive):
         return self.apply().__await__()
 
 
-StepResult = S | Directive | None
+StepResult = Union[S, Directive, None]  # noqa: UP007 - generic alias
 """What a step may return: a status, a directive, or ``None`` (skip)."""
 
 

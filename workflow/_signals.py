@@ -49,6 +49,21 @@ class Signals:
         self._outbox: dict[str, asyncio.Event] = {}
         self._timeouts: dict[str, asyncio.Event] = {}
         self._watches: dict[str, set[RunWatch]] = {}
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+
+    def waiter(self, channel: str) -> asyncio.Future[None]:
+        """A future resolved at the next :meth:`notify` of ``channel``. Take it *before*
+        checking the condition you wait for, so that no notification is missed."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(channel, []).append(fut)
+        return fut
+
+    def notify(self, channel: str) -> None:
+        waiters = self._waiters.pop(channel, None)
+        if waiters:
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
 
     def outbox_event(self, workflow_name: str) -> asyncio.Event:
         ev = self._outbox.get(workflow_name)
@@ -66,6 +81,8 @@ class Signals:
         ev = self._outbox.get(record.workflow_name)
         if ev is not None:
             ev.set()
+        if self._waiters:
+            self.notify(f"stored:{record.workflow_name}")
         watches = self._watches.get(record.run_id)
         if watches:
             for w in watches:

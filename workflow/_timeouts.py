@@ -71,6 +71,7 @@ def _inserter(
                     wf.name, run.foreign_id, run.run_id, status, expire_at, index=index
                 )
             signal.set()
+            wf.signals.notify(f"armed:{wf.name}")
 
         async def handle(event: Event) -> None:
             record = await load_for_event(wf, proc, event, status)
@@ -141,8 +142,10 @@ def _poller(
         except Exception as err:
             proc.errors.inc()
             wf.log.error(
-                f"timeout {timeout.id} failed: {err!r}", run_id=record.run_id,
-                foreign_id=record.foreign_id, process=proc.name,
+                f"timeout {timeout.id} failed: {err!r}",
+                run_id=record.run_id,
+                foreign_id=record.foreign_id,
+                process=proc.name,
             )
             failed[timeout.id] = clock.now() + backoff
             return

@@ -11,7 +11,6 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -462,8 +461,9 @@ class Workflow(Generic[T, S]):
             if not allowed:
                 raise err(f"cannot {verb} run {run_id}: it is {record.run_state}")
             try:
-                await self.write(self._next_version(record, run_state=target, reason=reason),
-                                 record.run_state)
+                await self.write(
+                    self._next_version(record, run_state=target, reason=reason), record.run_state
+                )
                 return
             except ConcurrentUpdateError:
                 continue

@@ -1,0 +1,179 @@
+"""Helpers for testing workflows: a fake clock and event-driven waits.
+
+Every helper is ``async`` and takes a ``timeout`` in real seconds (default 10); none of them
+sleeps in a loop: they wake when this process stores a record or arms a timer (with a slow
+polling fallback for changes made by other processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from ._clock import FakeClock
+from ._errors import RecordNotFoundError
+from ._record import Record
+from ._run import Run
+from ._workflow import Workflow, call_user
+
+__all__ = ["FakeClock", "await_timeout_insert", "require", "trigger_callback_on", "wait_for"]
+
+T = TypeVar("T")
+S = TypeVar("S")
+
+_FALLBACK_POLL = 0.5
+
+
+async def _wait_until(
+    wf: Workflow[Any, Any],
+    channel: str,
+    check: Callable[[], Awaitable[Any]],
+    timeout: float,
+    what: str,
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        fut = wf.signals.waiter(channel)
+        try:
+            result = await check()
+            if result is not None:
+                return result
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), min(remaining, _FALLBACK_POLL))
+            except TimeoutError:
+                pass
+        finally:
+            fut.cancel()
+
+
+async def _versions(wf: Workflow[Any, Any], record: Record) -> list[Record]:
+    history = getattr(wf.store, "history", None)
+    if history is None:
+        return [record]
+    versions: list[Record] = await history(record.run_id)
+    return versions
+
+
+async def _find_version(
+    wf: Workflow[Any, Any],
+    foreign_id: str,
+    match: Callable[[Record], Awaitable[bool]],
+    timeout: float,
+    what: str,
+) -> Record:
+    async def check() -> Record | None:
+        try:
+            latest = await wf.store.latest(wf.name, foreign_id)
+        except RecordNotFoundError:
+            return None
+        for version in reversed(await _versions(wf, latest)):
+            if await match(version):
+                return version
+        return None
+
+    found: Record = await _wait_until(wf, f"stored:{wf.name}", check, timeout, what)
+    return found
+
+
+async def wait_for(
+    wf: Workflow[T, Any],
+    foreign_id: str,
+    predicate: Callable[[Run[T, Any]], Any],
+    *,
+    timeout: float = 10.0,
+) -> Run[T, Any]:
+    """Wait until some stored version of the latest run of ``foreign_id`` satisfies
+    ``predicate(run)`` (plain or async) and return that version."""
+
+    async def match(record: Record) -> bool:
+        return bool(await call_user(predicate, wf.new_run(record)))
+
+    record = await _find_version(wf, foreign_id, match, timeout, f"{foreign_id!r} to match")
+    return wf.new_run(record)
+
+
+def _normalise(wf: Workflow[Any, Any], value: Any) -> Any:
+    return json.loads(wf.encode(wf._adapter.validate_python(value)))
+
+
+async def require(
+    wf: Workflow[T, Any],
+    foreign_id: str,
+    status: Any,
+    expected_object: T,
+    *,
+    timeout: float = 10.0,
+) -> Run[T, Any]:
+    """Wait until the latest run of ``foreign_id`` has been at ``status`` and assert that its
+    object there equals ``expected_object`` (compared as stored JSON)."""
+    target = int(wf.status(status))
+
+    async def at_status(record: Record) -> bool:
+        return record.status == target
+
+    record = await _find_version(
+        wf, foreign_id, at_status, timeout, f"{foreign_id!r} to reach {status!r}"
+    )
+    actual = json.loads(record.object)
+    expected = _normalise(wf, expected_object)
+    if actual != expected:
+        raise AssertionError(
+            f"run {record.run_id} at {status!r}: expected object {expected!r}, got {actual!r}"
+        )
+    return wf.new_run(record)
+
+
+def _payload(payload: Any) -> bytes:
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload)
+    if isinstance(payload, BaseModel):
+        return payload.model_dump_json().encode()
+    return json.dumps(payload).encode()
+
+
+async def trigger_callback_on(
+    wf: Workflow[Any, Any],
+    foreign_id: str,
+    run_id: str,
+    status: Any,
+    payload: Any,
+    *,
+    timeout: float = 10.0,
+) -> bool:
+    """Wait until run ``run_id`` is at ``status``, then call its callbacks with ``payload``
+    (a dict or pydantic model is JSON-encoded; bytes pass through)."""
+    await wf.await_(foreign_id, run_id, status, timeout=timeout)
+    return await wf.callback(foreign_id, status, _payload(payload))
+
+
+async def await_timeout_insert(
+    wf: Workflow[Any, Any],
+    foreign_id: str,
+    run_id: str,
+    status: Any,
+    *,
+    timeout: float = 10.0,
+) -> None:
+    """Wait until a timer is armed for run ``run_id`` at ``status``."""
+    store = wf.timeout_store
+    if store is None:
+        raise ValueError(f"workflow {wf.name!r} was built without a timeout store")
+    target = int(wf.status(status))
+
+    async def check() -> bool | None:
+        for t in await store.list(wf.name):
+            if t.run_id == run_id and t.foreign_id == foreign_id and t.status == target:
+                return True
+        return None
+
+    await _wait_until(
+        wf, f"armed:{wf.name}", check, timeout, f"a timer of run {run_id} at {status!r}"
+    )
