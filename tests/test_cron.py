@@ -71,6 +71,8 @@ NEXT_CASES: list[tuple[str, datetime, datetime]] = [
     ("0 0 * * 1-1", BASE, utc(2025, 1, 6)),
     ("0 0 * mar-mar *", BASE, utc(2025, 3, 1)),
     ("0 9-9/2 * * *", BASE, utc(2025, 1, 2, 9)),
+    ("0 0 * * 5-05", BASE, utc(2025, 1, 3)),
+    ("0 0 * * sun-0", BASE, utc(2025, 1, 5)),
     # a day field starting with "*" is unrestricted, so dom AND dow (crontab(5)):
     # odd days that are Mondays; croniter alone would OR them (2025-01-03).
     ("0 0 */2 * 1", BASE, utc(2025, 1, 13)),

@@ -52,6 +52,7 @@ class FakeClock:
         self._now = start.astimezone(UTC)
         self._waiters: list[tuple[datetime, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
+        self._on_wait: list[asyncio.Future[None]] = []
 
     def now(self) -> datetime:
         return self._now
@@ -78,6 +79,11 @@ class FakeClock:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (deadline, next(self._seq), fut))
+        if self._on_wait:
+            watchers, self._on_wait = self._on_wait, []
+            for w in watchers:
+                if not w.done():
+                    w.set_result(None)
         await fut
 
     @property
@@ -86,6 +92,24 @@ class FakeClock:
         self._waiters = [w for w in self._waiters if not w[2].done()]
         heapq.heapify(self._waiters)
         return len(self._waiters)
+
+
+    async def until_waiting(self, count: int = 1, timeout: float = 10.0) -> None:
+        """Wait (real time, at most ``timeout`` s) until at least ``count`` waits are pending
+        on this clock, e.g. a process sleeping through its error backoff. Step the clock
+        after this to be sure the wait sees the step."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.waiting < count:
+            fut: asyncio.Future[None] = loop.create_future()
+            self._on_wait.append(fut)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"{self.waiting} waits pending on the clock, wanted {count}")
+            try:
+                await asyncio.wait_for(fut, remaining)
+            except TimeoutError:
+                continue
 
 
 def as_timedelta(value: timedelta | float | int) -> timedelta:

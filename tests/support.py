@@ -1,0 +1,48 @@
+"""Small shared fixtures for engine tests: a status enum, an object type and a builder."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
+
+from adapters.memrecordstore import MemRecordStore
+from adapters.memrolescheduler import MemRoleScheduler
+from adapters.memstreamer import MemStreamer
+from adapters.memtimeoutstore import MemTimeoutStore
+from workflow import Builder, Workflow
+from workflow.testing import FakeClock
+
+
+class Status(enum.IntEnum):
+    UNKNOWN = 0
+    STARTED = 1
+    MIDDLE = 2
+    DONE = 3
+    OTHER_END = 4
+
+
+class Obj(BaseModel):
+    count: int = 0
+    note: str = ""
+
+
+def build(
+    b: Builder[Obj, Status],
+    clock: FakeClock,
+    registry: CollectorRegistry,
+    store: MemRecordStore | None = None,
+    **kwargs: Any,
+) -> Workflow[Obj, Status]:
+    """Build on fresh memory adapters driven by ``clock``."""
+    kwargs.setdefault("timeout_store", MemTimeoutStore(clock))
+    return b.build(
+        MemStreamer(clock),
+        store or MemRecordStore(),
+        MemRoleScheduler(),
+        clock=clock,
+        metrics_registry=registry,
+        **kwargs,
+    )
