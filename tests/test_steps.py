@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from prometheus_client import CollectorRegistry
+from pydantic import Field
 
 from adapters.memrecordstore import MemRecordStore
 from adapters.memrolescheduler import MemRoleScheduler
@@ -73,7 +74,7 @@ async def test_skip_stores_nothing(clock: FakeClock, registry: CollectorRegistry
 
 async def test_save_and_repeat(clock: FakeClock, registry: CollectorRegistry) -> None:
     class Custom(Obj):
-        collection: list[str] = []
+        collection: list[str] = Field(default_factory=list)
 
     async def repeat(run: Run[Custom, Status]) -> object:
         run.object.count += 1

@@ -27,7 +27,6 @@ from ._record import (
     Header,
     Record,
     TypedRecord,
-    decode_outbox_data,
     delete_topic,
     run_state_change_topic,
     topic,
@@ -428,7 +427,7 @@ def _outbox_process(wf: Workflow[Any, Any]) -> Process:
                 try:
                     t0 = time.perf_counter()
                     for ev in events:
-                        run_id, status, headers = decode_outbox_data(ev.data)
+                        run_id, status, headers = ev.parts()
                         tp = headers[Header.TOPIC]
                         sender = senders.get(tp)
                         if sender is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -120,14 +122,61 @@ class ConnectorEvent:
         )
 
 
-@dataclass(frozen=True, slots=True)
 class OutboxEvent:
-    """A row of the transactional outbox, written in the same transaction as its record."""
+    """A row of the transactional outbox, written in the same transaction as its record.
 
-    id: str
-    workflow_name: str
-    data: bytes
-    created_at: datetime
+    ``data`` is the serialised event (JSON: run id, status and headers); stores persist it.
+    An event made by :func:`make_outbox_event` also keeps the decoded parts, so an in-memory
+    store never serialises what it never persists.
+    """
+
+    __slots__ = ("_data", "_parts", "created_at", "id", "workflow_name")
+
+    def __init__(
+        self,
+        id: str,
+        workflow_name: str,
+        data: bytes | None,
+        created_at: datetime,
+        *,
+        parts: tuple[str, int, dict[str, str]] | None = None,
+    ) -> None:
+        if data is None and parts is None:
+            raise ValueError("an outbox event needs its data")
+        self.id = id
+        self.workflow_name = workflow_name
+        self.created_at = created_at
+        self._data = data
+        self._parts = parts
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            assert self._parts is not None
+            run_id, status, headers = self._parts
+            self._data = json.dumps(
+                {"run_id": run_id, "type": status, "headers": headers}, separators=(",", ":")
+            ).encode()
+        return self._data
+
+    def parts(self) -> tuple[str, int, dict[str, str]]:
+        """``(run_id, status, headers)`` of the event."""
+        if self._parts is None:
+            self._parts = decode_outbox_data(self.data)
+        return self._parts
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, OutboxEvent)
+            and (self.id, self.workflow_name, self.created_at, self.data)
+            == (other.id, other.workflow_name, other.created_at, other.data)
+        )
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __repr__(self) -> str:
+        return f"OutboxEvent(id={self.id!r}, workflow_name={self.workflow_name!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,57 +230,66 @@ class TypedRecord(Generic[T, S]):
         )
 
 
+@functools.lru_cache(maxsize=1024)
 def _topic_name(name: str) -> str:
     return name.replace(" ", "_")
 
 
+@functools.lru_cache(maxsize=4096)
 def topic(workflow_name: str, status: int) -> str:
     """The topic of a status: ``"{name}-{status}"`` with spaces replaced by ``_``."""
     return f"{_topic_name(workflow_name)}-{int(status)}"
 
 
+@functools.lru_cache(maxsize=1024)
 def run_state_change_topic(workflow_name: str) -> str:
     return f"{_topic_name(workflow_name)}-run-state-change"
 
 
+@functools.lru_cache(maxsize=1024)
 def delete_topic(workflow_name: str) -> str:
     return f"{_topic_name(workflow_name)}-delete"
 
 
+_RUN_STATE_CHANGES = frozenset(
+    {RunState.PAUSED, RunState.CANCELLED, RunState.COMPLETED, RunState.DATA_DELETED}
+)
+_RUN_STATE_TEXT = {rs: str(int(rs)) for rs in RunState}
+
+
 def _event_topic(record: Record) -> str:
     rs = record.run_state
+    if rs in _RUN_STATE_CHANGES:
+        return run_state_change_topic(record.workflow_name)
     if rs is RunState.REQUESTED_DATA_DELETED:
         return delete_topic(record.workflow_name)
-    if rs in (
-        RunState.PAUSED,
-        RunState.CANCELLED,
-        RunState.COMPLETED,
-        RunState.DATA_DELETED,
-    ):
-        return run_state_change_topic(record.workflow_name)
     return topic(record.workflow_name, record.status)
 
 
+_OUTBOX_PREFIX = f"outbox-id-{uuid.uuid4().hex[:12]}-"
+_outbox_seq = itertools.count(1)
+
+
 def make_outbox_event(record: Record) -> OutboxEvent:
-    """The outbox row for a stored record: which topic, and the event's headers."""
+    """The outbox row for a stored record: which topic, and the event's headers.
+
+    Ids are unique: a random per-process prefix and a counter.
+    """
     tp = _event_topic(record)
-    data = {
-        "run_id": record.run_id,
-        "type": record.status,
-        "headers": {
-            Header.FOREIGN_ID: record.foreign_id,
-            Header.WORKFLOW_NAME: record.workflow_name,
-            Header.TOPIC: tp,
-            Header.RUN_ID: record.run_id,
-            Header.RUN_STATE: str(int(record.run_state)),
-            Header.RECORD_VERSION: str(record.meta.version),
-        },
+    headers = {
+        Header.FOREIGN_ID: record.foreign_id,
+        Header.WORKFLOW_NAME: record.workflow_name,
+        Header.TOPIC: tp,
+        Header.RUN_ID: record.run_id,
+        Header.RUN_STATE: _RUN_STATE_TEXT[record.run_state],
+        Header.RECORD_VERSION: str(record.meta.version),
     }
     return OutboxEvent(
-        id=f"outbox-id-{uuid.uuid4()}",
-        workflow_name=record.workflow_name,
-        data=json.dumps(data, separators=(",", ":")).encode(),
-        created_at=record.updated_at,
+        f"{_OUTBOX_PREFIX}{next(_outbox_seq)}",
+        record.workflow_name,
+        None,
+        record.updated_at,
+        parts=(record.run_id, record.status, headers),
     )
 
 

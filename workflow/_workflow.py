@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import inspect
 import json
 import os
@@ -54,11 +55,20 @@ _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 _CONTROL_ATTEMPTS = 8
 
 
+@functools.lru_cache(maxsize=4096)
+def _is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
+    )
+
+
 async def call_user(fn: Callable[..., Any], *args: Any) -> Any:
     """Call a user function: ``async def`` is awaited, a plain function runs in a thread."""
-    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
-    ):
+    try:
+        is_async = _is_async(fn)
+    except TypeError:  # unhashable callable
+        is_async = _is_async.__wrapped__(fn)
+    if is_async:
         return await fn(*args)
     result = await asyncio.to_thread(fn, *args)
     if inspect.isawaitable(result) and not isinstance(result, RunStateChange):
@@ -132,6 +142,8 @@ class Workflow(Generic[T, S]):
         self.custom_delete = custom_delete
         self.pause_retry = pause_retry
         self.metrics = metrics_for(metrics_registry)
+        self._state_changes: dict[tuple[RunState, RunState], Any] = {}
+        self._status_names = {int(m): m.name for m in status_type}
         self.log = RunLog(logger, self.name, debug)
         self.signals = signals_for(store)
         self.error_counter: ErrorCounter = error_counter or MemErrorCounter()
@@ -185,7 +197,13 @@ class Workflow(Generic[T, S]):
     async def write(self, record: Record, previous: RunState) -> None:
         """Store a record (compare-and-set) and tell everyone in this process."""
         await self.store.store(record)
-        self.metrics.run_state_changes.labels(self.name, str(previous), str(record.run_state)).inc()
+        key = (previous, record.run_state)
+        counter = self._state_changes.get(key)
+        if counter is None:
+            counter = self._state_changes[key] = self.metrics.run_state_changes.labels(
+                self.name, str(previous), str(record.run_state)
+            )
+        counter.inc()
         self.signals.stored(record)
 
     def _next_version(
@@ -210,7 +228,7 @@ class Workflow(Generic[T, S]):
             updated_at=self.clock.now(),
             meta=Meta(
                 run_state_reason=meta.run_state_reason if reason is None else reason,
-                status_description=self.status_type(st).name,
+                status_description=self._status_names[st],
                 version=meta.version + 1,
                 trace_origin=meta.trace_origin,
             ),

@@ -1,0 +1,146 @@
+"""Metrics (luno's names and labels, on an injected registry) and logs with run context."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from workflow import Builder, Run, RunState, State
+from workflow.testing import FakeClock, wait_for
+
+from .support import Obj, Status, build
+
+
+async def middle(run: Run[Obj, Status]) -> Status:
+    return Status.MIDDLE
+
+
+async def done(run: Run[Obj, Status]) -> Status:
+    return Status.DONE
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+async def test_run_state_changes_and_process_metrics(
+    clock: FakeClock, registry: CollectorRegistry
+) -> None:
+    b = Builder[Obj, Status]("metered")
+    b.add_step(Status.STARTED, middle, Status.MIDDLE)
+    b.add_step(Status.MIDDLE, done, Status.DONE)
+    wf = build(b, clock, registry)
+    async with wf:
+        rid = await wf.trigger("m")
+        await wf.await_("m", rid, Status.DONE, timeout=5)
+        assert sample(
+            registry,
+            "workflow_process_states",
+            workflow_name="metered",
+            process_name="outbox-consumer",
+        ) == float(State.RUNNING)
+    changes = {
+        (s.labels["previous_run_state"], s.labels["current_run_state"]): s.value
+        for metric in registry.collect()
+        if metric.name == "workflow_run_state_changes"
+        for s in metric.samples
+        if s.name.endswith("_total")
+    }
+    assert changes == {
+        ("Unknown", "Initiated"): 1,
+        ("Initiated", "Running"): 1,
+        ("Running", "Completed"): 1,
+    }
+    for process in ("started-consumer-1-of-1", "middle-consumer-1-of-1", "outbox-consumer"):
+        labels = {"workflow_name": "metered", "process_name": process}
+        assert sample(registry, "workflow_process_states", **labels) == float(State.SHUTDOWN)
+        assert (sample(registry, "workflow_process_latency_seconds_count", **labels) or 0) >= 1
+        assert sample(registry, "workflow_process_lag_seconds", **labels) is not None
+
+
+async def test_skips_and_errors_are_counted(clock: FakeClock, registry: CollectorRegistry) -> None:
+    skipped = 0
+    both = asyncio.Event()
+
+    async def skip(run: Run[Obj, Status]) -> None:
+        nonlocal skipped
+        skipped += 1
+        if skipped == 2:
+            both.set()
+        return None
+
+    async def fail(run: Run[Obj, Status]) -> Status:
+        raise RuntimeError("mock error")
+
+    b = Builder[Obj, Status]("counted")
+    b.add_step(Status.STARTED, skip, Status.DONE)
+    b.add_step(Status.MIDDLE, fail, Status.DONE).with_options(
+        pause_after_err_count=1, err_backoff=0
+    )
+    wf = build(b, clock, registry)
+    await wf.run()
+    await wf.trigger("s1")
+    await wf.trigger("s2")
+    await wf.trigger("e", Status.MIDDLE)
+    await wait_for(wf, "e", lambda r: r.run_state is RunState.PAUSED)
+    await asyncio.wait_for(both.wait(), 5)
+    await wf.stop()  # lets the handler in hand finish its bookkeeping
+    assert (
+        sample(
+            registry,
+            "workflow_process_skipped_events_count_total",
+            workflow_name="counted",
+            process_name="started-consumer-1-of-1",
+            reason="next value specified skip",
+        )
+        == 2
+    )
+    assert (
+        sample(
+            registry,
+            "workflow_run_state_changes_total",
+            workflow_name="counted",
+            previous_run_state="Initiated",
+            current_run_state="Paused",
+        )
+        == 1
+    )
+
+
+def test_registries_are_independent() -> None:
+    from workflow._metrics import metrics_for
+
+    a, b = CollectorRegistry(), CollectorRegistry()
+    assert metrics_for(a) is metrics_for(a)
+    assert metrics_for(a) is not metrics_for(b)
+
+
+async def test_logs_carry_run_context(
+    clock: FakeClock, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def fail(run: Run[Obj, Status]) -> Status:
+        raise RuntimeError("kaboom")
+
+    b = Builder[Obj, Status]("logged")
+    b.add_step(Status.STARTED, fail, Status.DONE).with_options(
+        pause_after_err_count=2, err_backoff=0
+    )
+    wf = build(b, clock, registry, logger=logging.getLogger("test.workflow"))
+    with caplog.at_level(logging.DEBUG, logger="test.workflow"):
+        async with wf:
+            rid = await wf.trigger("fid-7")
+            await wait_for(wf, "fid-7", lambda r: r.run_state is RunState.PAUSED)
+    records = [r for r in caplog.records if r.name == "test.workflow"]
+    assert records, "expected log lines"
+    warning = next(r for r in records if "kaboom" in r.getMessage())
+    ctx = warning.workflow_context  # type: ignore[attr-defined]
+    assert ctx["workflow"] == "logged"
+    assert ctx["foreign_id"] == "fid-7" and ctx["run_id"] == rid
+    assert ctx["status"] == "STARTED"
+    assert f"run_id={rid}" in warning.getMessage()
+    assert any("paused run" in r.getMessage() for r in records)
+    # debug lines only appear with debug=True
+    assert not any(r.levelno == logging.DEBUG for r in records)
