@@ -1,7 +1,10 @@
 """An in-memory event streamer and connector for tests and single-process use.
 
 Events are kept per topic; each receiver name has a durable cursor (for the life of the
-streamer object). Receivers wait on a future, never spin.
+streamer object). Receivers wait on a future, never spin. Events that every receiver name of
+a topic has acknowledged are dropped now and then (like a broker's retention), so a
+long-lived streamer does not grow without bound; a receiver name first seen after that starts
+at the oldest event kept.
 """
 
 from __future__ import annotations
@@ -21,14 +24,32 @@ __all__ = ["MemConnector", "MemStreamer"]
 E = TypeVar("E")
 
 
-class _Log(Generic[E]):
-    """An append-only list that wakes its waiters on append."""
+_TRIM_EVERY = 4096
 
-    __slots__ = ("log", "waiters")
+
+class _Log(Generic[E]):
+    """An append-only list that wakes its waiters on append. Positions are absolute:
+    ``base`` is the position of ``log[0]`` once older items have been trimmed."""
+
+    __slots__ = ("base", "log", "waiters")
 
     def __init__(self, items: list[E] | None = None) -> None:
         self.log: list[E] = items if items is not None else []
+        self.base = 0
         self.waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.log)
+
+    def get(self, position: int) -> E:
+        return self.log[position - self.base]
+
+    def trim(self, upto: int) -> None:
+        """Drop every item before position ``upto``."""
+        if upto > self.base:
+            del self.log[: upto - self.base]
+            self.base = upto
 
     def append(self, item: E) -> None:
         self.log.append(item)
@@ -39,7 +60,7 @@ class _Log(Generic[E]):
                     w.set_result(None)
 
     async def wait_beyond(self, position: int) -> None:
-        while position >= len(self.log):
+        while position >= self.end:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self.waiters.append(fut)
             try:
@@ -56,6 +77,7 @@ class MemStreamer:
         self._clock: Clock = clock or RealClock()
         self._topics: dict[str, _Log[Event]] = {}
         self._cursors: dict[tuple[str, str], int] = {}
+        self._names: dict[str, set[str]] = {}
         self._ids = itertools.count(1)
 
     def _topic(self, name: str) -> _Log[Event]:
@@ -78,7 +100,8 @@ class MemStreamer:
         tp = self._topic(topic)
         key = (topic, name)
         if key not in self._cursors:
-            self._cursors[key] = len(tp.log) if stream_from_latest else 0
+            self._cursors[key] = tp.end if stream_from_latest else tp.base
+            self._names.setdefault(topic, set()).add(name)
         return _Receiver(self, tp, key)
 
     def _send(self, topic: str, foreign_id: str, status_type: int, headers: dict[str, str]) -> None:
@@ -89,7 +112,12 @@ class MemStreamer:
             headers=dict(headers),
             created_at=self._clock.now(),
         )
-        self._topic(topic).append(event)
+        tp = self._topic(topic)
+        tp.append(event)
+        if tp.end % _TRIM_EVERY == 0:
+            names = self._names.get(topic)
+            if names:
+                tp.trim(min(self._cursors[(topic, n)] for n in names))
 
 
 class _Sender:
@@ -117,7 +145,7 @@ class _Receiver:
             raise RuntimeError("receiver is closed; create a new one with new_receiver()")
         await self._tp.wait_beyond(self._pos)
         offset = self._pos
-        event = self._tp.log[offset]
+        event = self._tp.get(offset)
         self._pos = offset + 1
         cursors = self._streamer._cursors
         key = self._key
@@ -164,7 +192,7 @@ class _ConnectorConsumer:
             if cursors.get(name, 0) < offset + 1:
                 cursors[name] = offset + 1
 
-        return self._log.log[offset], ack
+        return self._log.get(offset), ack
 
     async def close(self) -> None:
         return None

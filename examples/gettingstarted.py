@@ -1,0 +1,119 @@
+"""Getting started: one run moves through four steps, each ticking off a field.
+
+    python -m examples.gettingstarted
+
+It shows the basics: statuses as an ``enum.IntEnum``, the object as a pydantic model, steps
+that change the object and return the next status, an ``on_complete`` hook, and
+``wf.await_`` to wait for a run. Everything runs in memory, in this one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
+
+from adapters.memrecordstore import MemRecordStore
+from adapters.memrolescheduler import MemRoleScheduler
+from adapters.memstreamer import MemStreamer
+from workflow import Builder, EventStreamer, RecordStore, RoleScheduler, Run, TypedRecord, Workflow
+
+
+class Status(enum.IntEnum):
+    UNKNOWN = 0  # 0 is reserved: never a real status
+    STARTED = 1
+    READ_THE_DOCS = 2
+    FOLLOWED_A_TUTORIAL = 3
+    CREATED_A_WORKFLOW = 4
+    SHARED_IT = 5  # no step leaves this status, so reaching it completes the run
+
+
+class GettingStarted(BaseModel):
+    """The run's object: stored as JSON with every change of status."""
+
+    read_the_docs: bool = False
+    followed_a_tutorial: bool = False
+    created_a_workflow: bool = False
+    shared_it: bool = False
+
+
+def moved(run: Run[GettingStarted, Status], to: Status) -> Status:
+    print(f"  {run.foreign_id}: {run.status.name} -> {to.name}")
+    return to
+
+
+# A step receives the run, changes ``run.object`` and returns the next status.
+async def read_the_docs(run: Run[GettingStarted, Status]) -> Status:
+    run.object.read_the_docs = True
+    return moved(run, Status.READ_THE_DOCS)
+
+
+async def follow_a_tutorial(run: Run[GettingStarted, Status]) -> Status:
+    run.object.followed_a_tutorial = True
+    return moved(run, Status.FOLLOWED_A_TUTORIAL)
+
+
+async def create_a_workflow(run: Run[GettingStarted, Status]) -> Status:
+    run.object.created_a_workflow = True
+    return moved(run, Status.CREATED_A_WORKFLOW)
+
+
+def share_it(run: Run[GettingStarted, Status]) -> Status:
+    # A plain ``def`` works too: it runs in a worker thread, so blocking calls are fine here.
+    run.object.shared_it = True
+    return moved(run, Status.SHARED_IT)
+
+
+async def announce(record: TypedRecord[GettingStarted, Status]) -> None:
+    print(f"  on_complete: {record.foreign_id} finished at {record.status.name}")
+
+
+def build(
+    streamer: EventStreamer,
+    store: RecordStore,
+    roles: RoleScheduler,
+    *,
+    on_complete: Callable[[TypedRecord[GettingStarted, Status]], Awaitable[None]] = announce,
+    **build_kwargs: Any,
+) -> Workflow[GettingStarted, Status]:
+    b = Builder[GettingStarted, Status]("getting started")
+    # Each step consumes runs at its first status and may only move them to the ones listed.
+    b.add_step(Status.STARTED, read_the_docs, Status.READ_THE_DOCS)
+    b.add_step(Status.READ_THE_DOCS, follow_a_tutorial, Status.FOLLOWED_A_TUTORIAL)
+    b.add_step(Status.FOLLOWED_A_TUTORIAL, create_a_workflow, Status.CREATED_A_WORKFLOW)
+    b.add_step(Status.CREATED_A_WORKFLOW, share_it, Status.SHARED_IT)
+    # Hooks run in the background, at least once, after a run changes run state.
+    b.on_complete(on_complete)
+    return b.build(streamer, store, roles, **build_kwargs)
+
+
+async def main(metrics_registry: CollectorRegistry | None = None) -> None:
+    # The hook runs in its own background process: let it tell us when it has run.
+    hook_ran = asyncio.Event()
+
+    async def on_complete(record: TypedRecord[GettingStarted, Status]) -> None:
+        await announce(record)
+        hook_ran.set()
+
+    wf = build(
+        MemStreamer(),
+        MemRecordStore(),
+        MemRoleScheduler(),
+        on_complete=on_complete,
+        metrics_registry=metrics_registry,  # None: Prometheus' default registry
+    )
+    async with wf:  # starts the background processes; stops them on the way out
+        run_id = await wf.trigger("andrew")  # a new run at the first status, STARTED
+        print(f"triggered run {run_id} for 'andrew'")
+        run = await wf.await_("andrew", run_id, Status.SHARED_IT, timeout=5)
+        await asyncio.wait_for(hook_ran.wait(), timeout=5)
+    print(f"final status: {run.status.name} ({run.run_state.name})")
+    print(f"final object: {run.object!r}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
