@@ -138,7 +138,8 @@ async def guarded(
             "status": wf.status_type(record.status).name,
         }
         if not non_retryable and (pause_after <= 0 or count < pause_after):
-            wf.log.warning(f"step error {count}: {err!r}", **ctx)
+            wf.log.error(f"error {count} of this run: {err!r}", exc=True, **ctx)
+            err.__dict__["_workflow_logged"] = True
             raise
         reason = (
             str(err) if non_retryable else f"{AUTO_PAUSE_REASON} ({count} errors, last: {err!r})"

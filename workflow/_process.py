@@ -143,11 +143,12 @@ class Process:
                         finished = error is None
                     await lease.release()
                 if error is not None:
-                    wf.log.error(
-                        f"run error [role={self.role}], [process={self.name}]: {error!r}",
-                        role=self.role,
-                        process=self.name,
-                    )
+                    if not error.__dict__.get("_workflow_logged"):
+                        wf.log.error(
+                            f"run error [role={self.role}], [process={self.name}]: {error!r}",
+                            role=self.role,
+                            process=self.name,
+                        )
                     self.errors.inc()
                     await self._backoff()
                 elif finished:

@@ -19,19 +19,23 @@ class RunState(enum.IntEnum):
     DATA_DELETED = 6
     REQUESTED_DATA_DELETED = 7
 
+    # Hash as the int (Enum's default hashes the name in Python): run states are dict and set
+    # keys on the hot path, and equal ints must hash equal anyway.
+    __hash__ = int.__hash__
+
     @property
     def valid(self) -> bool:
-        return RunState.INITIATED <= self <= RunState.REQUESTED_DATA_DELETED
+        return 1 <= self <= 7
 
     @property
     def finished(self) -> bool:
         """No more status moves: Completed, Cancelled, RequestedDataDeleted, DataDeleted."""
-        return self in _FINISHED
+        return _FINISHED_FLAGS[self]
 
     @property
     def stopped(self) -> bool:
         """Consumers skip the run: Paused, Cancelled, RequestedDataDeleted, DataDeleted."""
-        return self in _STOPPED
+        return _STOPPED_FLAGS[self]
 
     def __str__(self) -> str:
         return _LABELS[self]
@@ -53,6 +57,8 @@ _STOPPED = frozenset(
         RunState.DATA_DELETED,
     }
 )
+_FINISHED_FLAGS = tuple(rs in _FINISHED for rs in RunState)
+_STOPPED_FLAGS = tuple(rs in _STOPPED for rs in RunState)
 _LABELS = {
     RunState.UNKNOWN: "Unknown",
     RunState.INITIATED: "Initiated",
@@ -87,6 +93,8 @@ class State(enum.IntEnum):
     SHUTDOWN = 1
     RUNNING = 2
     IDLE = 3
+
+    __hash__ = int.__hash__
 
     def __str__(self) -> str:
         return self.name.capitalize()

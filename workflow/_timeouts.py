@@ -139,14 +139,8 @@ def _poller(
 
         try:
             await guarded(wf, proc, record, work, pause_after)
-        except Exception as err:
-            proc.errors.inc()
-            wf.log.error(
-                f"timeout {timeout.id} failed: {err!r}",
-                run_id=record.run_id,
-                foreign_id=record.foreign_id,
-                process=proc.name,
-            )
+        except Exception:
+            proc.errors.inc()  # logged with the run's context by guarded()
             failed[timeout.id] = clock.now() + backoff
             return
         # Fired (moved, skipped, or the run was paused for its errors): done with this timer.
