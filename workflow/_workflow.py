@@ -80,7 +80,7 @@ def _trace_origin() -> str:
     """The user's call site (file:line lines outside this package), for ``meta.trace_origin``."""
     lines: list[str] = []
     frame = sys._getframe(2)
-    while frame is not None and len(lines) < 5:
+    while frame is not None and len(lines) < 3:
         path = frame.f_code.co_filename
         if not path.startswith(_PKG_DIR) and "asyncio" not in path:
             lines.append(f"{path}:{frame.f_lineno}")
