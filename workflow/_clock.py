@@ -93,7 +93,6 @@ class FakeClock:
         heapq.heapify(self._waiters)
         return len(self._waiters)
 
-
     async def until_waiting(self, count: int = 1, timeout: float = 10.0) -> None:
         """Wait (real time, at most ``timeout`` s) until at least ``count`` waits are pending
         on this clock, e.g. a process sleeping through its error backoff. Step the clock

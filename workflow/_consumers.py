@@ -462,12 +462,16 @@ def schedule_process(wf: Workflow[Any, Any], sched: _Schedule) -> Process:
     name = f"{sched.foreign_id}-scheduler-{sched.cron.spec}"
 
     async def body(proc: Process) -> None:
-        try:
-            last = (await wf.store.latest(wf.name, sched.foreign_id)).created_at
-        except RecordNotFoundError:
-            last = clock.now()
+        # The position survives restarts of this body (an error is retried at the same tick)
+        # and is initialised once: from the latest run, so a restarted process never
+        # triggers a tick twice, or from now.
+        if sched.last is None:
+            try:
+                sched.last = (await wf.store.latest(wf.name, sched.foreign_id)).created_at
+            except RecordNotFoundError:
+                sched.last = clock.now()
         while not proc.stopping:
-            due = sched.cron.next(last)
+            due = sched.cron.next(sched.last)
             await clock.sleep_until(due)
             proc.busy = True
             try:
@@ -478,7 +482,7 @@ def schedule_process(wf: Workflow[Any, Any], sched: _Schedule) -> Process:
                         await wf.trigger(sched.foreign_id, initial_value=sched.initial)
                     except WorkflowInProgressError:
                         proc.skip("run in progress")
-                last = max(due, clock.now())
+                sched.last = max(due, clock.now())
             finally:
                 proc.busy = False
 

@@ -166,11 +166,12 @@ class OutboxEvent:
         return self._parts
 
     def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, OutboxEvent)
-            and (self.id, self.workflow_name, self.created_at, self.data)
-            == (other.id, other.workflow_name, other.created_at, other.data)
-        )
+        return isinstance(other, OutboxEvent) and (
+            self.id,
+            self.workflow_name,
+            self.created_at,
+            self.data,
+        ) == (other.id, other.workflow_name, other.created_at, other.data)
 
     def __hash__(self) -> int:
         return hash(self.id)

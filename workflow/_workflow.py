@@ -12,7 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import TypeAdapter
@@ -96,6 +96,7 @@ class _Schedule:
         self.cron = cron
         self.initial = initial
         self.filter = filter
+        self.last: datetime | None = None
 
 
 class Workflow(Generic[T, S]):
