@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+from collections.abc import Sequence
 
 from workflow import (
     ConcurrentUpdateError,
@@ -126,6 +127,11 @@ class MemRecordStore:
         wf = self._outbox_owner.pop(id, None)
         if wf is not None:
             self._outbox[wf].pop(id, None)
+
+    async def delete_outbox_events(self, ids: Sequence[str]) -> None:
+        """Delete a batch of published outbox events."""
+        for id in ids:
+            await self.delete_outbox_event(id)
 
     async def history(self, run_id: str) -> builtins.list[Record]:
         """Every stored version of the run, oldest first."""

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from adapters.sqlschema import create_schema, make_engine
 
 from workflow.testing import FakeClock
 
@@ -18,3 +25,53 @@ def registry() -> CollectorRegistry:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(datetime(2023, 4, 9, 8, 30, tzinfo=UTC))
+
+
+# -- SQL databases -----------------------------------------------------------------------
+
+PG_URL = os.environ.get("WORKFLOW_TEST_POSTGRES_URL", "")
+
+
+def _need_postgres() -> str:
+    if PG_URL:
+        return PG_URL
+    message = "PostgreSQL tests need WORKFLOW_TEST_POSTGRES_URL (.ci/run starts a server)"
+    if os.environ.get("CI"):
+        pytest.fail(message + ": it is missing in CI")
+    pytest.skip(message)
+
+
+@pytest.fixture
+async def sqlite_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'workflow.db'}")
+    await create_schema(engine)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def pg_engine() -> AsyncIterator[AsyncEngine]:
+    """An engine on a fresh schema of the test server, dropped afterwards."""
+    url = _need_postgres()
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    admin = create_async_engine(url)
+    async with admin.begin() as conn:
+        await conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    engine = create_async_engine(url, connect_args={"server_settings": {"search_path": schema}})
+    await create_schema(engine)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+        async with admin.begin() as conn:
+            await conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        await admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def sql_engine(request: pytest.FixtureRequest) -> AsyncEngine:
+    """Each SQL test runs on SQLite and on PostgreSQL."""
+    engine: AsyncEngine = request.getfixturevalue(
+        f"{'pg' if request.param == 'postgres' else 'sqlite'}_engine"
+    )
+    return engine

@@ -427,17 +427,25 @@ def _outbox_process(wf: Workflow[Any, Any]) -> Process:
                 proc.busy = True
                 try:
                     t0 = time.perf_counter()
+                    batches: dict[str, list[tuple[str, int, dict[str, str]]]] = {}
                     for ev in events:
-                        run_id, status, headers = ev.parts()
-                        tp = headers[Header.TOPIC]
+                        parts = ev.parts()
+                        batches.setdefault(parts[2][Header.TOPIC], []).append(parts)
+                    for tp, batch in batches.items():
                         sender = senders.get(tp)
                         if sender is None:
                             sender = senders[tp] = await wf.streamer.new_sender(tp)
-                        await sender.send(run_id, status, headers)
-                        if bulk_delete is None:
-                            await store.delete_outbox_event(ev.id)
+                        send_many = getattr(sender, "send_many", None)
+                        if send_many is not None and len(batch) > 1:
+                            await send_many(batch)  # one round trip for the whole batch
+                        else:
+                            for run_id, status, headers in batch:
+                                await sender.send(run_id, status, headers)
                     if bulk_delete is not None:
                         await bulk_delete([ev.id for ev in events])
+                    else:
+                        for ev in events:
+                            await store.delete_outbox_event(ev.id)
                     lag_s = (wf.clock.now() - events[0].created_at).total_seconds()
                     proc.lag_gauge.set(lag_s)
                     proc.lag_alert_gauge.set(1 if lag_s > alert_s else 0)

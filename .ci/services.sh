@@ -1,0 +1,69 @@
+# shellcheck shell=bash
+# Throwaway PostgreSQL (and, later, a Kafka-protocol broker) on free loopback ports.
+#
+#   source .ci/services.sh
+#   trap services_down EXIT
+#   services_up            # exports WORKFLOW_TEST_POSTGRES_URL
+#
+# Knobs: CI_PG_DURABLE=1 keeps fsync on (default off: tests do not measure durability).
+
+_svc() { printf '[services] %s\n' "$*" >&2; }
+
+_free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+_pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
+
+_install_postgres() {
+    if [ -n "$(_pg_bin)" ] && [ -x "$(_pg_bin)/initdb" ] && id postgres >/dev/null 2>&1; then
+        return 0
+    fi
+    _svc "installing PostgreSQL from Debian packages"
+    export DEBIAN_FRONTEND=noninteractive
+    mkdir -p /etc/postgresql-common/createcluster.d
+    echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.d/50-no-main.conf
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends postgresql postgresql-contrib >/dev/null
+}
+
+postgres_up() {
+    _install_postgres
+    local bin port opts
+    bin=$(_pg_bin)
+    SVC_DIR=${SVC_DIR:-$(mktemp -d /tmp/workflow-svc.XXXXXX)}
+    chmod 755 "$SVC_DIR"
+    mkdir -p "$SVC_DIR/pg" && chown postgres:postgres "$SVC_DIR/pg"
+    runuser -u postgres -- "$bin/initdb" -D "$SVC_DIR/pg/data" -U postgres --auth=trust \
+        -E UTF8 --locale=C.UTF-8 --no-sync >/dev/null
+    opts="-c listen_addresses=127.0.0.1 -k $SVC_DIR/pg -c max_connections=300"
+    if [ "${CI_PG_DURABLE:-0}" != "1" ]; then
+        opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    fi
+    for _ in 1 2 3 4 5; do
+        port=$(_free_port)
+        if runuser -u postgres -- "$bin/pg_ctl" -D "$SVC_DIR/pg/data" -l "$SVC_DIR/pg/server.log" \
+            -w -t 60 -o "-p $port $opts" start >/dev/null; then
+            export WORKFLOW_TEST_POSTGRES_URL="postgresql+asyncpg://postgres@127.0.0.1:$port/postgres"
+            export WORKFLOW_TEST_POSTGRES_DSN="postgresql://postgres@127.0.0.1:$port/postgres"
+            SVC_PG_UP=1
+            _svc "PostgreSQL on 127.0.0.1:$port"
+            return 0
+        fi
+    done
+    _svc "PostgreSQL did not start"; cat "$SVC_DIR/pg/server.log" >&2 || true
+    return 1
+}
+
+services_up() {
+    postgres_up
+}
+
+services_down() {
+    if [ "${SVC_PG_UP:-0}" = "1" ]; then
+        runuser -u postgres -- "$(_pg_bin)/pg_ctl" -D "$SVC_DIR/pg/data" -m immediate -w stop \
+            >/dev/null 2>&1 || true
+        SVC_PG_UP=0
+    fi
+    if [ -n "${SVC_DIR:-}" ]; then rm -rf "$SVC_DIR"; fi
+}

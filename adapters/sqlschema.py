@@ -1,0 +1,249 @@
+"""The SQL tables of every SQL adapter, on SQLite (aiosqlite) and PostgreSQL (asyncpg).
+
+One :class:`sqlalchemy.MetaData` holds them all; ``migrations/`` creates the same schema with
+alembic, and :func:`create_schema` creates it directly (tests, the quick start).
+
+Times are stored as UTC: ``timestamptz`` on PostgreSQL, ISO text on SQLite, and always come
+back timezone-aware. Run objects are JSON: ``jsonb`` on PostgreSQL (queryable), text on SQLite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+__all__ = [
+    "JSONBytes",
+    "UTCDateTime",
+    "create_schema",
+    "cursors",
+    "drop_schema",
+    "events",
+    "foreign_key",
+    "history",
+    "leases",
+    "make_engine",
+    "metadata",
+    "outbox",
+    "records",
+    "timeouts",
+]
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every database (microsecond precision)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the SQL adapters store aware UTC times")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class _JSONBText(sa.types.UserDefinedType[str]):
+    """``jsonb`` passed to and from the driver as JSON text (no re-serialisation)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "JSONB"
+
+    def bind_expression(self, bindvalue: Any) -> Any:
+        return sa.cast(bindvalue, JSONB)
+
+    def column_expression(self, col: Any) -> Any:
+        return sa.cast(col, sa.Text)
+
+
+class JSONBytes(sa.types.TypeDecorator[bytes]):
+    """JSON given and returned as UTF-8 bytes: ``jsonb`` on PostgreSQL, text elsewhere."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(_JSONBText())
+        return dialect.type_descriptor(sa.Text())
+
+    def process_bind_param(self, value: bytes | None, dialect: sa.Dialect) -> str | None:
+        return None if value is None else bytes(value).decode()
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> bytes | None:
+        if value is None:
+            return None
+        return value.encode() if isinstance(value, str) else bytes(value)
+
+
+def foreign_key(workflow_name: str, foreign_id: str) -> str:
+    """A fixed-size key for a (workflow, foreign id) pair: foreign ids may be long (indexes
+    have row-size limits), so indexes use this digest and queries also compare the id."""
+    return hashlib.sha256(f"{workflow_name}\x00{foreign_id}".encode()).hexdigest()
+
+
+_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+"""Auto-increment ids: SQLite only auto-increments ``INTEGER PRIMARY KEY``."""
+
+_UNFINISHED = "run_state IN (1, 2, 3)"  # Initiated, Running, Paused
+
+metadata = sa.MetaData()
+
+records = sa.Table(
+    "workflow_records",
+    metadata,
+    sa.Column("id", _ID, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("workflow_name", sa.String(255), nullable=False),
+    sa.Column("foreign_id", sa.Text(), nullable=False),
+    sa.Column("foreign_key", sa.String(64), nullable=False),
+    sa.Column("run_state", sa.SmallInteger(), nullable=False),
+    sa.Column("status", sa.Integer(), nullable=False),
+    sa.Column("object", JSONBytes(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("version", sa.Integer(), nullable=False),
+    sa.Column("run_state_reason", sa.Text(), nullable=False, server_default=""),
+    sa.Column("status_description", sa.Text(), nullable=False, server_default=""),
+    sa.Column("trace_origin", sa.Text(), nullable=False, server_default=""),
+    sa.UniqueConstraint("run_id", name="uq_workflow_records_run_id"),
+    sa.Index("ix_workflow_records_key", "foreign_key", "id"),
+    sa.Index("ix_workflow_records_workflow", "workflow_name", "id"),
+    sa.Index("ix_workflow_records_run_state", "run_state"),
+    # At most one unfinished run per (workflow, foreign id), enforced by the database.
+    sa.Index(
+        "uq_workflow_records_unfinished",
+        "foreign_key",
+        unique=True,
+        sqlite_where=sa.text(_UNFINISHED),
+        postgresql_where=sa.text(_UNFINISHED),
+    ),
+)
+
+history = sa.Table(
+    "workflow_record_history",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer(), primary_key=True),
+    sa.Column("run_state", sa.SmallInteger(), nullable=False),
+    sa.Column("status", sa.Integer(), nullable=False),
+    sa.Column("object", JSONBytes(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("run_state_reason", sa.Text(), nullable=False, server_default=""),
+    sa.Column("status_description", sa.Text(), nullable=False, server_default=""),
+)
+
+outbox = sa.Table(
+    "workflow_outbox",
+    metadata,
+    sa.Column("id", _ID, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(128), nullable=False),
+    sa.Column("workflow_name", sa.String(255), nullable=False),
+    sa.Column("data", sa.LargeBinary(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("event_id", name="uq_workflow_outbox_event_id"),
+    sa.Index("ix_workflow_outbox_workflow_id", "workflow_name", "id"),
+)
+
+timeouts = sa.Table(
+    "workflow_timeouts",
+    metadata,
+    sa.Column("id", _ID, primary_key=True, autoincrement=True),
+    sa.Column("workflow_name", sa.String(255), nullable=False),
+    sa.Column("foreign_id", sa.Text(), nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("status", sa.Integer(), nullable=False),
+    sa.Column("idx", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("completed", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("expire_at", UTCDateTime(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_workflow_timeouts_due", "workflow_name", "status", "completed", "expire_at"),
+)
+
+events = sa.Table(
+    "workflow_events",
+    metadata,
+    sa.Column("id", _ID, primary_key=True, autoincrement=True),
+    sa.Column("topic", sa.String(255), nullable=False),
+    sa.Column("foreign_id", sa.Text(), nullable=False),
+    sa.Column("type", sa.Integer(), nullable=False),
+    sa.Column("headers", JSONBytes(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_workflow_events_topic_id", "topic", "id"),
+)
+
+cursors = sa.Table(
+    "workflow_cursors",
+    metadata,
+    sa.Column("topic", sa.String(255), primary_key=True),
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("position", sa.BigInteger(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+leases = sa.Table(
+    "workflow_leases",
+    metadata,
+    sa.Column("role", sa.String(255), primary_key=True),
+    sa.Column("holder", sa.String(128), nullable=False),
+    sa.Column("token", sa.BigInteger(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+)
+
+
+def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) -> AsyncEngine:
+    """An :class:`AsyncEngine` set up for the workflow adapters.
+
+    On SQLite: WAL journal (readers never block the writer), a 30 s busy timeout, foreign
+    processes on the same file serialised by ``BEGIN IMMEDIATE`` (no deadlocks between a
+    read and a later write), and ``synchronous=FULL`` unless told otherwise (a committed
+    transition survives power loss). Other URLs are passed to ``create_async_engine``.
+    """
+    from sqlalchemy import event
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    if not url.startswith("sqlite"):
+        return create_async_engine(url, **kwargs)
+    engine = create_async_engine(url, **kwargs)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # let SQLAlchemy's begin event emit BEGIN
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA synchronous={sqlite_synchronous}")
+        cur.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+async def create_schema(engine: AsyncEngine) -> None:
+    """Create every SQL adapter's tables (idempotent). Production deployments use the
+    alembic migrations in ``migrations/`` instead; both give the same schema."""
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+
+
+async def drop_schema(engine: AsyncEngine) -> None:
+    """Drop every SQL adapter's table (tests)."""
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.drop_all)

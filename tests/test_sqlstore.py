@@ -1,0 +1,98 @@
+"""SQLRecordStore: the record-store conformance suite and SQL specifics, on both databases."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from adapters.adaptertest import run_record_store_test
+from adapters.sqlschema import history, outbox, records
+from adapters.sqlstore import SQLRecordStore
+from workflow import Meta, Record, RunState, WorkflowInProgressError
+
+
+async def _empty(engine: AsyncEngine) -> SQLRecordStore:
+    async with engine.begin() as conn:
+        for table in (outbox, history, records):
+            await conn.execute(table.delete())
+    return SQLRecordStore(engine)
+
+
+async def test_conformance(sql_engine: AsyncEngine) -> None:
+    await run_record_store_test(lambda: _empty(sql_engine))
+
+
+def _record(foreign_id: str, run_id: str, obj: bytes = b'{"a":1}') -> Record:
+    now = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    return Record(
+        workflow_name="wf",
+        foreign_id=foreign_id,
+        run_id=run_id,
+        run_state=RunState.INITIATED,
+        status=1,
+        object=obj,
+        created_at=now,
+        updated_at=now,
+        meta=Meta(status_description="STARTED", version=1, trace_origin="here.py:1"),
+    )
+
+
+async def test_concurrent_inserts_for_one_foreign_id_give_one_run(sql_engine: AsyncEngine) -> None:
+    store = SQLRecordStore(sql_engine)
+    results = await asyncio.gather(
+        *(store.store(_record("same", f"run-{i}")) for i in range(20)), return_exceptions=True
+    )
+    ok = [r for r in results if r is None]
+    assert len(ok) == 1
+    assert all(isinstance(r, WorkflowInProgressError) for r in results if r is not None)
+    async with sql_engine.connect() as conn:
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(records))).scalar() == 1
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(outbox))).scalar() == 1
+
+
+@pytest.mark.parametrize(
+    "foreign_id", ["ünïcødé-✓", "x" * 10_000, "'; DROP TABLE workflow_records; --", "%_\\"]
+)
+async def test_hostile_foreign_ids(sql_engine: AsyncEngine, foreign_id: str) -> None:
+    store = SQLRecordStore(sql_engine)
+    await store.store(_record(foreign_id, "r1"))
+    got = await store.latest("wf", foreign_id)
+    assert got.foreign_id == foreign_id and got.run_id == "r1"
+
+
+async def test_objects_are_queryable_json(sql_engine: AsyncEngine) -> None:
+    store = SQLRecordStore(sql_engine)
+    await store.store(_record("q", "r1", b'{"email": "a@b.c", "n": 3}'))
+    got = await store.lookup("r1")
+    assert json.loads(got.object) == {"email": "a@b.c", "n": 3}
+    if sql_engine.dialect.name == "postgresql":
+        async with sql_engine.connect() as conn:
+            email = await conn.scalar(sa.text("SELECT object->>'email' FROM workflow_records"))
+        assert email == "a@b.c"
+    else:
+        async with sql_engine.connect() as conn:
+            email = await conn.scalar(
+                sa.text("SELECT json_extract(object, '$.email') FROM workflow_records")
+            )
+        assert email == "a@b.c"
+
+
+async def test_history_keeps_every_version(sql_engine: AsyncEngine) -> None:
+    from dataclasses import replace
+
+    store = SQLRecordStore(sql_engine)
+    v1 = _record("h", "r1")
+    await store.store(v1)
+    v2 = replace(v1, run_state=RunState.RUNNING, status=2, meta=replace(v1.meta, version=2))
+    await store.store(v2)
+    got = await store.history("r1")
+    assert [(r.meta.version, r.status, r.run_state) for r in got] == [
+        (1, 1, RunState.INITIATED),
+        (2, 2, RunState.RUNNING),
+    ]
+    assert got[0].created_at == v1.created_at and got[0].meta.trace_origin == "here.py:1"
