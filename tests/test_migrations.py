@@ -1,0 +1,310 @@
+"""The alembic migrations in ``migrations/`` create exactly the tables of
+``adapters.sqlschema`` (what ``create_schema`` creates), on SQLite and on PostgreSQL, and
+``downgrade base`` removes them again."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from adapters.sqlschema import make_engine, metadata
+from workflow import RunState
+
+from .conftest import _need_postgres
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLES = frozenset(metadata.tables)
+HEAD = "0001"
+UNFINISHED = (RunState.INITIATED, RunState.RUNNING, RunState.PAUSED)
+
+
+def _config(
+    connection: Connection | None = None, *, schema: str | None = None, x: list[str] | None = None
+) -> Config:
+    """alembic.ini's configuration; ``x`` are ``-x`` arguments as on the command line."""
+    config = Config(str(ROOT / "alembic.ini"), cmd_opts=argparse.Namespace(x=x or []))
+    config.attributes["configure_logger"] = False
+    if connection is not None:
+        config.attributes["connection"] = connection
+    if schema is not None:
+        config.attributes["schema"] = schema
+    return config
+
+
+def _diffs(conn: Connection) -> list[Any]:
+    """``compare_metadata`` on the MigrationContext that env.py configures (type and
+    server-default comparison on): what ``alembic check`` reports."""
+    config = _config(conn)
+    script = ScriptDirectory.from_config(config)
+    diffs: list[Any] = []
+
+    def compare(_rev: Any, context: MigrationContext) -> list[Any]:
+        assert context.opts["compare_type"] and context.opts["compare_server_default"]
+        diffs.extend(compare_metadata(context, metadata))
+        return []
+
+    with EnvironmentContext(config, script, fn=compare):
+        script.run_env()
+    return diffs
+
+
+def _plain(value: Any) -> Any:
+    """Reflection output as comparable plain data (types and clauses as their SQL text)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in sorted(value.items())}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    return str(value)
+
+
+def _snapshot(conn: Connection) -> dict[str, Any]:
+    """Everything reflection reports about the workflow tables: columns (type, nullability,
+    default, autoincrement), primary keys, unique constraints, and indexes with their
+    dialect options (the partial index's WHERE clause, which compare_metadata ignores)."""
+    inspector = sa.inspect(conn)
+    key = repr
+    return {
+        table: {
+            "columns": _plain(inspector.get_columns(table)),
+            "pk": _plain(inspector.get_pk_constraint(table)),
+            "unique": sorted(_plain(inspector.get_unique_constraints(table)), key=key),
+            "indexes": sorted(_plain(inspector.get_indexes(table)), key=key),
+        }
+        for table in sorted(TABLES & set(inspector.get_table_names()))
+    }
+
+
+def _tables(conn: Connection, schema: str | None = None) -> set[str]:
+    return set(sa.inspect(conn).get_table_names(schema=schema))
+
+
+def _version(conn: Connection, schema: str | None = None) -> list[str]:
+    table = sa.table("alembic_version", sa.column("version_num"), schema=schema)
+    return list(conn.execute(sa.select(table.c.version_num)).scalars())
+
+
+@dataclasses.dataclass
+class Database:
+    """An empty database for the migrations, and one made by ``create_schema`` to match."""
+
+    engine: AsyncEngine  # sees the migrated tables (search_path = schema on PostgreSQL)
+    schema: str | None = None  # PostgreSQL: alembic is told to migrate this schema
+    default: AsyncEngine | None = None  # PostgreSQL: on the server's default search_path
+    reference: AsyncEngine | None = None  # adapters.sqlschema.create_schema ran here
+
+
+@pytest.fixture
+async def empty_sqlite(tmp_path: Path) -> AsyncIterator[Database]:
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'migrated.db'}")
+    yield Database(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
+async def empty_postgres() -> AsyncIterator[Database]:
+    url = _need_postgres()
+    schema = f"m_{uuid.uuid4().hex[:16]}"
+    default = create_async_engine(url)
+    async with default.begin() as conn:
+        await conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    engine = create_async_engine(url, connect_args={"server_settings": {"search_path": schema}})
+    try:
+        yield Database(engine, schema, default)
+    finally:
+        await engine.dispose()
+        async with default.begin() as conn:
+            await conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        await default.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest) -> Database:
+    empty: Database = request.getfixturevalue(f"empty_{request.param}")
+    reference = request.getfixturevalue("pg_engine" if empty.schema else "sqlite_engine")
+    return dataclasses.replace(empty, reference=reference)
+
+
+async def test_upgrade_creates_the_sqlschema_tables_and_downgrade_drops_them(
+    database: Database,
+) -> None:
+    # Alembic runs on the caller's connection (config.attributes["connection"]); on
+    # PostgreSQL that connection starts on the default search_path and the schema option
+    # points the migration at the test's schema.
+    migrating = database.default or database.engine
+    async with migrating.begin() as conn:
+        await conn.run_sync(lambda c: command.upgrade(_config(c, schema=database.schema), "head"))
+
+    async with database.engine.connect() as conn:
+        assert await conn.run_sync(_diffs) == []
+        migrated = await conn.run_sync(_snapshot)
+        assert await conn.run_sync(_version) == [HEAD]
+    assert set(migrated) == TABLES
+    assert database.reference is not None
+    async with database.reference.connect() as conn:
+        assert migrated == await conn.run_sync(_snapshot)
+    if database.default is not None:  # nothing landed in the default schema
+        async with database.default.connect() as conn:
+            assert not await conn.run_sync(_tables) & TABLES
+
+    async with migrating.begin() as conn:
+        await conn.run_sync(lambda c: command.downgrade(_config(c, schema=database.schema), "base"))
+    async with database.engine.connect() as conn:
+        assert await conn.run_sync(_tables) == {"alembic_version"}
+        assert await conn.run_sync(_version) == []
+
+    # A downgraded database migrates up cleanly again.
+    async with migrating.begin() as conn:
+        await conn.run_sync(lambda c: command.upgrade(_config(c, schema=database.schema), HEAD))
+    async with database.engine.connect() as conn:
+        assert await conn.run_sync(_diffs) == []
+
+
+async def test_the_unfinished_run_index_admits_one_unfinished_run_per_key(
+    database: Database,
+) -> None:
+    async with database.engine.begin() as conn:
+        await conn.run_sync(lambda c: command.upgrade(_config(c), "head"))
+
+    records = metadata.tables["workflow_records"]
+    now = sa.func.current_timestamp()
+
+    def row(run_id: str, run_state: int) -> dict[str, Any]:
+        return {
+            "run_id": run_id,
+            "workflow_name": "wf",
+            "foreign_id": "f",
+            "foreign_key": "k",
+            "run_state": run_state,
+            "status": 1,
+            "object": b"{}",
+            "version": 1,
+        }
+
+    insert = records.insert().values(created_at=now, updated_at=now)
+    async with database.engine.begin() as conn:
+        # Any number of finished runs for the key, and one unfinished run.
+        for state in RunState:
+            if state not in UNFINISHED:
+                await conn.execute(insert, row(f"done-{state.name}", state))
+        await conn.execute(insert, row("live", RunState.RUNNING))
+    for state in UNFINISHED:
+        with pytest.raises(sa.exc.IntegrityError):
+            async with database.engine.begin() as conn:
+                await conn.execute(insert, row(f"second-{state.name}", state))
+
+
+def test_alembic_command_line_upgrades_the_database_in_the_environment(tmp_path: Path) -> None:
+    db = tmp_path / "cli.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKFLOW_DATABASE_")}
+    env["WORKFLOW_DATABASE_URL"] = f"sqlite+aiosqlite:///{db}"
+    done = subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Running upgrade  -> 0001" in done.stderr  # alembic.ini's logging is on
+
+    sync = sa.create_engine(f"sqlite:///{db}")
+    try:
+        with sync.connect() as conn:
+            assert _tables(conn) == TABLES | {"alembic_version"}
+            assert _version(conn) == [HEAD]
+            assert _diffs(conn) == []
+    finally:
+        sync.dispose()
+
+
+@pytest.mark.parametrize("how", ["-x", "env"])
+async def test_migrating_a_postgres_schema_named_by_option_or_environment(
+    how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = _need_postgres()
+    schema = f"m_{uuid.uuid4().hex[:16]}"
+    monkeypatch.setenv("WORKFLOW_DATABASE_URL", url)
+    if how == "env":
+        monkeypatch.setenv("WORKFLOW_DATABASE_SCHEMA", schema)
+        config = _config()
+    else:
+        monkeypatch.delenv("WORKFLOW_DATABASE_SCHEMA", raising=False)
+        config = _config(x=[f"schema={schema}"])
+    admin = create_async_engine(url)
+    async with admin.begin() as conn:
+        await conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    try:
+        # env.py makes its own async engine from the URL (asyncio.run, hence a thread).
+        await asyncio.to_thread(command.upgrade, config, "head")
+        async with admin.connect() as conn:
+            assert await conn.run_sync(_tables, schema) == TABLES | {"alembic_version"}
+            assert await conn.run_sync(_version, schema) == [HEAD]
+            assert not await conn.run_sync(_tables) & TABLES
+
+        await asyncio.to_thread(command.downgrade, config, "base")
+        async with admin.connect() as conn:
+            assert await conn.run_sync(_tables, schema) == {"alembic_version"}
+    finally:
+        async with admin.begin() as conn:
+            await conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        await admin.dispose()
+
+
+FAILING_MIGRATION = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0001"
+down_revision = None
+
+
+def upgrade() -> None:
+    op.create_table("workflow_half_done", sa.Column("id", sa.Integer(), primary_key=True))
+    op.execute("SELECT * FROM no_such_table")
+"""
+
+
+async def test_a_failing_sqlite_migration_leaves_no_tables_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scripts = tmp_path / "migrations"
+    (scripts / "versions").mkdir(parents=True)
+    shutil.copy(ROOT / "migrations" / "env.py", scripts / "env.py")
+    (scripts / "versions" / "0001_fails.py").write_text(FAILING_MIGRATION)
+    config = Config(cmd_opts=argparse.Namespace(x=[]))
+    config.set_main_option("script_location", str(scripts))
+    db = tmp_path / "failed.db"
+    monkeypatch.setenv("WORKFLOW_DATABASE_URL", f"sqlite+aiosqlite:///{db}")
+
+    with pytest.raises(sa.exc.OperationalError, match="no_such_table"):
+        await asyncio.to_thread(command.upgrade, config, "head")
+
+    sync = sa.create_engine(f"sqlite:///{db}")
+    try:
+        with sync.connect() as conn:
+            assert "workflow_half_done" not in _tables(conn)
+    finally:
+        sync.dispose()
