@@ -13,7 +13,6 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from adapters.sqlschema import create_schema, make_engine
-
 from workflow.testing import FakeClock
 
 
