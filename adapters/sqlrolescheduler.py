@@ -1,0 +1,420 @@
+"""A :class:`workflow.RoleScheduler` shared by every process on one SQL database: leases.
+
+A role is a row of the ``workflow_leases`` table (:mod:`adapters.sqlschema`): ``role``,
+``holder`` (who holds it, for operators), ``token`` (random, new on every grant) and
+``expires_at``. SPEC §9.16: a holder renews its lease; a crashed holder's roles are taken
+over within two lease periods.
+
+**Grant.** One atomic statement, ``INSERT ... ON CONFLICT (role) DO UPDATE ... WHERE
+expires_at < now RETURNING token``, inserts the row when the role is free or takes it over
+when its lease has run out; otherwise it changes nothing and the caller waits. Every grant
+writes a fresh random token, so a holder's later renewal or release (``WHERE role AND
+token``) can never touch the next holder's row.
+
+**Whose clock.** Lease expiry is the one place where the *database's* clock is used
+(``clock_timestamp()`` on PostgreSQL, ``strftime('%Y-%m-%d %H:%M:%f', 'now')`` on SQLite):
+hosts sharing a PostgreSQL server may have skewed clocks, but they all see the same database
+clock, so "expired" means the same thing to everyone. (Stored record, timeout and event times
+use the engine's clock instead, SPEC §9.14.) On SQLite the expression is written in the text
+form SQLAlchemy stores ``UTCDateTime`` in (``YYYY-MM-DD HH:MM:SS.ffffff``, UTC), so the
+text comparisons order correctly. The holder itself counts the lease down on its *local*
+monotonic clock from the moment it *sent* the grant or renewal, which is never later than the
+database's stamp: it gives the role up (revokes the lease) no later than anyone else may take
+it over, assuming clocks tick at the same rate.
+
+**While held.** A background task renews the lease every ``lease / 3``
+(``UPDATE ... WHERE role AND token``). If the row is no longer ours (taken over or deleted),
+or no renewal succeeded before the local countdown ran out (database unreachable, a renewal
+hung), the lease is revoked (:meth:`workflow.Lease.revoke`: the engine cancels the holder's
+work and releases it) and renewal stops. A renewal that succeeds late is fine: the token did
+not change, so nobody held the role in between.
+
+**Release** deletes the row (``WHERE role AND token``), stops renewal and at once wakes the
+waiters of this process (every scheduler on the same :class:`AsyncEngine` object shares a
+notifier). It is shielded: cancelling the releasing task does not leave the row behind.
+
+**Waiting.** A waiter tries the grant, then waits until a local release wakes it or
+``poll_interval`` passes (default ``min(lease / 4, 1 s)``), and tries again. Hand-over between
+processes is therefore by polling (within ``poll_interval`` of a release, within a lease plus
+``poll_interval`` of a crash); PostgreSQL LISTEN/NOTIFY is not used. Cancelling a wait leaves
+nothing behind: the grant statement runs in its own task, and if it granted the role after
+all, the row is deleted before the cancellation goes on (further cancellations are held off
+for at most a lease, then the clean-up finishes in the background).
+
+:meth:`SQLRoleScheduler.close` releases every lease the scheduler holds, stops its tasks and
+makes its waiters (and later calls of ``await_role``) raise :class:`RuntimeError`.
+
+Tests may simulate a frozen or crashed holder by overriding the renewal statement
+:meth:`SQLRoleScheduler._extend` (e.g. make it hang): the holder's lease is then revoked by
+its countdown and the role is taken over by a waiter once the row expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+from weakref import WeakKeyDictionary
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from workflow import Lease
+from workflow._clock import as_timedelta
+
+from .sqlschema import leases
+
+__all__ = ["SQLRoleScheduler"]
+
+_log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_SQLITE_FORMAT = "%Y-%m-%d %H:%M:%f"
+"""SQLite's millisecond timestamp; ``|| '000'`` pads it to SQLAlchemy's stored text form."""
+
+
+class _Notifier:
+    """Wakes the waiters of this process for a role when a lease of it is released here."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+
+    def subscribe(self, role: str) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(role, set()).add(fut)
+        return fut
+
+    def unsubscribe(self, role: str, fut: asyncio.Future[None]) -> None:
+        waiters = self._waiters.get(role)
+        if waiters is not None:
+            waiters.discard(fut)
+            if not waiters:
+                del self._waiters[role]
+
+    def wake(self, role: str) -> None:
+        for fut in self._waiters.pop(role, set()):
+            if not fut.done():
+                fut.set_result(None)
+
+
+_notifiers: WeakKeyDictionary[sa.Engine, _Notifier] = WeakKeyDictionary()
+
+
+def _notifier(engine: AsyncEngine) -> _Notifier:
+    found = _notifiers.get(engine.sync_engine)
+    if found is None:
+        found = _notifiers[engine.sync_engine] = _Notifier()
+    return found
+
+
+async def _outlast(task: asyncio.Task[Any], deadline: float) -> bool:
+    """Wait until ``task`` is done (``True``) or loop time ``deadline`` passes (``False``),
+    through cancellations of the waiter: the caller re-raises the one it is handling."""
+    loop = asyncio.get_running_loop()
+    while not task.done():
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return False
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({task}, timeout=remaining)
+    return True
+
+
+def _default_holder() -> str:
+    return f"{socket.gethostname()[:80]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+@dataclass(eq=False)
+class _Held:
+    """A lease this scheduler holds: its row's token and local countdown (loop time)."""
+
+    role: str
+    token: int
+    valid_until: float
+    lease: Lease | None = None
+    renewer: asyncio.Task[None] | None = None
+    watchdog: asyncio.TimerHandle | None = None
+    finishing: asyncio.Task[None] | None = None
+
+
+class SQLRoleScheduler:
+    """:class:`~workflow.RoleScheduler` on the ``workflow_leases`` table, shared by every
+    process using the database (see the module docstring for how it works).
+
+    ``lease`` (a ``timedelta`` or seconds) is how long a grant or renewal holds the role;
+    the holder renews every ``lease / 3``, so a crashed holder's roles pass to a waiter
+    within two lease periods. ``holder`` names this scheduler in the table (default
+    ``"{hostname}:{pid}:{random}"``). ``poll_interval`` is how often a waiter retries when no
+    release in this process wakes it (default ``min(lease / 4, 1 s)``).
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        lease: timedelta | float = timedelta(seconds=10),
+        *,
+        holder: str | None = None,
+        poll_interval: timedelta | float | None = None,
+    ) -> None:
+        self._engine = engine
+        self._lease = as_timedelta(lease)
+        if self._lease <= timedelta(0):
+            raise ValueError(f"lease must be positive, got {lease!r}")
+        self._lease_s = self._lease.total_seconds()
+        poll = (
+            min(self._lease / 4, timedelta(seconds=1))
+            if poll_interval is None
+            else as_timedelta(poll_interval)
+        )
+        if poll <= timedelta(0):
+            raise ValueError(f"poll_interval must be positive, got {poll_interval!r}")
+        self._poll_s = poll.total_seconds()
+        self._renew_s = self._lease_s / 3
+        self._holder = holder if holder is not None else _default_holder()
+        if not 0 < len(self._holder) <= 128:
+            raise ValueError("holder must be 1 to 128 characters long")
+        self._held: dict[int, _Held] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._waiting: set[asyncio.Future[None]] = set()
+        self._closed = False
+
+    @property
+    def holder(self) -> str:
+        """This scheduler's name in the ``holder`` column."""
+        return self._holder
+
+    @property
+    def lease(self) -> timedelta:
+        return self._lease
+
+    # -- the protocol ---------------------------------------------------------------------
+
+    async def await_role(self, role: str) -> Lease:
+        """Wait until this scheduler holds ``role`` and return its lease. Cancellable; raises
+        :class:`RuntimeError` once the scheduler is closed."""
+        notifier = _notifier(self._engine)
+        while True:
+            self._check_open()
+            woken = notifier.subscribe(role)
+            self._waiting.add(woken)
+            try:
+                attempt = self._spawn(self._try(role))
+                try:
+                    held = await asyncio.shield(attempt)
+                except asyncio.CancelledError:
+                    await self._undo(attempt)
+                    raise
+                if held is not None and held.lease is not None:
+                    self._check_open()  # closed meanwhile: close() released it
+                    return held.lease
+                await asyncio.wait({woken}, timeout=self._poll_s)
+            finally:
+                self._waiting.discard(woken)
+                notifier.unsubscribe(role, woken)
+
+    async def close(self) -> None:
+        """Release every lease this scheduler holds (their holders' work is revoked), stop
+        its background tasks, and make its waiters and later ``await_role`` calls raise
+        :class:`RuntimeError`. Idempotent. Call it once the workflows using it stopped."""
+        self._closed = True
+        for fut in list(self._waiting):
+            if not fut.done():
+                fut.set_result(None)
+        while self._held or self._tasks:
+            for held in list(self._held.values()):
+                if held.lease is not None:
+                    await held.lease.release()
+                else:  # pragma: no cover - a lease object exists from _hold onwards
+                    self._held.pop(held.token, None)
+            if self._tasks:
+                await asyncio.wait(set(self._tasks))
+
+    # -- SQL ----------------------------------------------------------------------------
+
+    def _now_sql(self) -> sa.ColumnElement[Any]:
+        if self._engine.dialect.name == "postgresql":
+            return sa.func.clock_timestamp()
+        return sa.func.strftime(_SQLITE_FORMAT, "now", type_=sa.String) + "000"
+
+    def _expiry_sql(self) -> sa.ColumnElement[Any]:
+        if self._engine.dialect.name == "postgresql":
+            return sa.func.clock_timestamp() + sa.literal(self._lease, sa.Interval())
+        shift = f"{self._lease_s:+.6f} seconds"
+        return sa.func.strftime(_SQLITE_FORMAT, "now", shift, type_=sa.String) + "000"
+
+    async def _acquire(self, role: str, token: int) -> bool:
+        """Insert the row, or take it over if its lease has run out; whether we got it."""
+        insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
+        stmt = insert(leases).values(
+            role=role, holder=self._holder, token=token, expires_at=self._expiry_sql()
+        )
+        upsert = stmt.on_conflict_do_update(
+            index_elements=[leases.c.role],
+            set_={
+                "holder": stmt.excluded.holder,
+                "token": stmt.excluded.token,
+                "expires_at": stmt.excluded.expires_at,
+            },
+            where=leases.c.expires_at < self._now_sql(),
+        ).returning(leases.c.token)
+        async with self._engine.begin() as conn:
+            got = (await conn.execute(upsert)).scalar_one_or_none()
+        return got is not None and int(got) == token
+
+    async def _extend(self, role: str, token: int) -> bool:
+        """Renew the lease; ``False`` if the row is no longer ours. Tests override this."""
+        stmt = (
+            sa.update(leases)
+            .where(leases.c.role == role, leases.c.token == token)
+            .values(expires_at=self._expiry_sql())
+        )
+        async with self._engine.begin() as conn:
+            return (await conn.execute(stmt)).rowcount == 1
+
+    async def _delete(self, role: str, token: int) -> None:
+        stmt = sa.delete(leases).where(leases.c.role == role, leases.c.token == token)
+        async with self._engine.begin() as conn:
+            await conn.execute(stmt)
+
+    # -- grants ---------------------------------------------------------------------------
+
+    async def _try(self, role: str) -> _Held | None:
+        """One grant attempt (its own task, so a cancelled caller cannot interrupt it)."""
+        token = secrets.randbits(63)
+        started = asyncio.get_running_loop().time()
+        try:
+            granted = await self._acquire(role, token)
+        except Exception:
+            self._spawn(self._forget(role, token))  # the grant may have committed
+            raise
+        if not granted:
+            return None
+        if self._closed:
+            await self._forget(role, token)
+            return None
+        return self._hold(role, token, started + self._lease_s)
+
+    async def _undo(self, attempt: asyncio.Task[_Held | None]) -> None:
+        """``await_role`` was cancelled: before the cancellation goes on, wait for its grant
+        attempt and release what it got, so nothing is left behind. Further cancellations
+        are held off for at most a lease (a row left by then has run out anyway); what is
+        not done by then finishes in the background."""
+        deadline = asyncio.get_running_loop().time() + self._lease_s
+        if not await _outlast(attempt, deadline):
+            attempt.add_done_callback(self._drop_unwanted)
+            return
+        if attempt.cancelled() or attempt.exception() is not None:
+            return
+        held = attempt.result()
+        if held is not None and held.lease is not None:
+            await _outlast(self._spawn(held.lease.release()), deadline)
+
+    def _drop_unwanted(self, attempt: asyncio.Task[_Held | None]) -> None:
+        """Release what a grant attempt nobody waits for got, if anything."""
+        if attempt.cancelled() or attempt.exception() is not None:
+            return
+        held = attempt.result()
+        if held is not None and held.lease is not None:
+            self._spawn(held.lease.release())
+
+    async def _forget(self, role: str, token: int) -> None:
+        """Delete a row we may hold but do not track (best effort: it expires anyway)."""
+        try:
+            await self._delete(role, token)
+        except Exception as err:
+            _log.warning("could not delete lease row of role %r: %r", role, err)
+        _notifier(self._engine).wake(role)
+
+    def _hold(self, role: str, token: int, valid_until: float) -> _Held:
+        held = _Held(role, token, valid_until)
+        held.lease = Lease(role, functools.partial(self._release, held))
+        loop = asyncio.get_running_loop()
+        # renew lease / 3 after the grant was *sent* (it may have waited for a lock)
+        first = max(0.0, valid_until - self._lease_s + self._renew_s - loop.time())
+        held.renewer = asyncio.create_task(self._keep(held, first), name=f"lease:{role}")
+        held.watchdog = loop.call_at(valid_until, self._ran_out, held)
+        self._held[token] = held
+        return held
+
+    # -- holding ------------------------------------------------------------------------
+
+    async def _keep(self, held: _Held, delay: float) -> None:
+        """Renew ``held`` every ``lease / 3`` (first after ``delay`` seconds) until it is
+        released or lost."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(delay)
+            started = loop.time()
+            try:
+                ours = await self._extend(held.role, held.token)
+            except Exception as err:
+                _log.warning("renewing the lease of role %r failed: %r", held.role, err)
+                delay = self._renew_s / 3
+                continue
+            if not ours:
+                _log.warning("the lease of role %r was taken over: revoking it", held.role)
+                self._lose(held)
+                return
+            held.valid_until = started + self._lease_s
+            if held.watchdog is not None:
+                held.watchdog.cancel()
+            held.watchdog = loop.call_at(held.valid_until, self._ran_out, held)
+            delay = max(0.0, started + self._renew_s - loop.time())
+
+    def _ran_out(self, held: _Held) -> None:
+        lease = held.lease
+        if lease is not None and not lease.lost:
+            _log.warning("the lease of role %r ran out before a renewal: revoking it", held.role)
+            self._lose(held)
+
+    def _lose(self, held: _Held) -> None:
+        """Revoke the lease and stop renewing it (the row is deleted on release)."""
+        if held.lease is not None:
+            held.lease.revoke()
+        self._stop_renewing(held)
+
+    def _stop_renewing(self, held: _Held) -> None:
+        if held.watchdog is not None:
+            held.watchdog.cancel()
+            held.watchdog = None
+        renewer, held.renewer = held.renewer, None
+        if renewer is not None and renewer is not asyncio.current_task():
+            renewer.cancel()
+            self._tasks.add(renewer)  # close() waits for it to finish
+            renewer.add_done_callback(self._tasks.discard)
+
+    async def _release(self, held: _Held) -> None:
+        if held.finishing is None:
+            held.finishing = self._spawn(self._finish(held))
+        try:
+            await asyncio.shield(held.finishing)
+        except asyncio.CancelledError:  # delete the row before the cancellation goes on
+            await _outlast(held.finishing, asyncio.get_running_loop().time() + self._lease_s)
+            raise
+
+    async def _finish(self, held: _Held) -> None:
+        self._held.pop(held.token, None)
+        self._stop_renewing(held)
+        await self._forget(held.role, held.token)
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("SQLRoleScheduler is closed")
