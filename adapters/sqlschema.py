@@ -66,23 +66,40 @@ class _JSONBText(sa.types.UserDefinedType[str]):
     def bind_expression(self, bindvalue: Any) -> Any:
         return sa.cast(bindvalue, JSONB)
 
-    def column_expression(self, col: Any) -> Any:
-        return sa.cast(col, sa.Text)
 
-
-class JSONBytes(sa.types.TypeDecorator[bytes]):
-    """JSON given and returned as UTF-8 bytes: ``jsonb`` on PostgreSQL, text elsewhere."""
+class _TextBytes(sa.types.TypeDecorator[bytes]):
+    """Text read back as UTF-8 bytes."""
 
     impl = sa.Text
     cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> bytes | None:
+        if value is None:
+            return None
+        return value.encode() if isinstance(value, str) else bytes(value)
+
+
+class JSONBytes(sa.types.TypeDecorator[bytes]):
+    """JSON given and returned as UTF-8 bytes: ``jsonb`` on PostgreSQL, text elsewhere.
+
+    Reads select ``CAST(col AS TEXT)`` so that no driver decodes the JSON on the way.
+    """
+
+    impl = sa.Text
+    cache_ok = True
+
+    def column_expression(self, col: Any) -> Any:
+        return sa.type_coerce(sa.cast(col, sa.Text()), _TextBytes())
 
     def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
         if dialect.name == "postgresql":
             return dialect.type_descriptor(_JSONBText())
         return dialect.type_descriptor(sa.Text())
 
-    def process_bind_param(self, value: bytes | None, dialect: sa.Dialect) -> str | None:
-        return None if value is None else bytes(value).decode()
+    def process_bind_param(self, value: bytes | str | None, dialect: sa.Dialect) -> str | None:
+        if value is None or isinstance(value, str):
+            return value
+        return bytes(value).decode()
 
     def process_result_value(self, value: Any, dialect: sa.Dialect) -> bytes | None:
         if value is None:
