@@ -74,3 +74,6 @@ def sql_engine(request: pytest.FixtureRequest) -> AsyncEngine:
         f"{'pg' if request.param == 'postgres' else 'sqlite'}_engine"
     )
     return engine
+
+
+from .backends import backend, backend_engine  # noqa: E402, F401 - shared fixtures

@@ -18,7 +18,7 @@ from workflow import (
 )
 from workflow.testing import await_timeout_insert, require, trigger_callback_on, wait_for
 
-from .backends import Backend, backend, backend_engine  # noqa: F401 - fixtures
+from .backends import Backend
 from .support import Obj, Status
 
 

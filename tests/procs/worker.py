@@ -100,9 +100,7 @@ async def main() -> None:
 
 async def count_done(engine: AsyncEngine) -> int:
     async with engine.connect() as conn:
-        n = await conn.scalar(
-            sa.text("SELECT count(*) FROM workflow_records WHERE run_state = 5")
-        )
+        n = await conn.scalar(sa.text("SELECT count(*) FROM workflow_records WHERE run_state = 5"))
     return int(n or 0)
 
 
