@@ -49,10 +49,16 @@ async def sqlite_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture
-async def pg_engine() -> AsyncIterator[AsyncEngine]:
+def pg_schema() -> str:
+    """The name of the fresh PostgreSQL schema of ``pg_engine``."""
+    return f"t_{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture
+async def pg_engine(pg_schema: str) -> AsyncIterator[AsyncEngine]:
     """An engine on a fresh schema of the test server, dropped afterwards."""
     url = _need_postgres()
-    schema = f"t_{uuid.uuid4().hex[:16]}"
+    schema = pg_schema
     admin = create_async_engine(url)
     async with admin.begin() as conn:
         await conn.exec_driver_sql(f"CREATE SCHEMA {schema}")

@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.sqlschema import create_schema
+from adapters.sqlschema import create_schema, history
 
 from .procs.worker import Status, build, count_done, engine_for
 
@@ -33,18 +32,12 @@ class Database:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
     if request.param == "sqlite":
-        db = Database(f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}", None)
-        engine = db.engine()
-        await create_schema(engine)
-        await engine.dispose()
-        yield db
-        return
-    engine = request.getfixturevalue("pg_engine")
-    async with engine.connect() as conn:
-        schema = await conn.scalar(sa.text("SHOW search_path"))
-    yield Database(str(engine.url.render_as_string(hide_password=False)), schema)
+        return Database(f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}", None)
+    engine: AsyncEngine = request.getfixturevalue("pg_engine")  # schema and tables created
+    url = engine.url.render_as_string(hide_password=False)
+    return Database(url, request.getfixturevalue("pg_schema"))
 
 
 async def start_worker(db: Database, *extra: str) -> asyncio.subprocess.Process:
@@ -74,10 +67,9 @@ async def check_each_transition_once(engine: AsyncEngine, n: int) -> None:
     async with engine.connect() as conn:
         rows = (
             await conn.execute(
-                sa.text(
-                    "SELECT run_id, version, status, object FROM workflow_record_history "
-                    "ORDER BY run_id, version"
-                )
+                sa.select(
+                    history.c.run_id, history.c.version, history.c.status, history.c.object
+                ).order_by(history.c.run_id, history.c.version)
             )
         ).all()
     by_run: dict[str, list[tuple[int, int, bytes]]] = {}
@@ -93,6 +85,7 @@ async def check_each_transition_once(engine: AsyncEngine, n: int) -> None:
 
 async def trigger(db: Database, n: int) -> AsyncEngine:
     engine = db.engine()
+    await create_schema(engine)  # idempotent: SQLite starts empty
     wf, streamer, roles = build(engine, registry=CollectorRegistry())
     for i in range(n):
         await wf.trigger(f"order-{i}")  # a producer-only process: never calls run()
@@ -103,6 +96,9 @@ async def trigger(db: Database, n: int) -> AsyncEngine:
 
 async def test_two_processes_share_one_database(database: Database) -> None:
     n = 2000
+    setup = database.engine()
+    await create_schema(setup)
+    await setup.dispose()
     workers = [await start_worker(database, "--parallel", "2") for _ in range(2)]
     try:
         engine = await trigger(database, n)
@@ -118,6 +114,9 @@ async def test_two_processes_share_one_database(database: Database) -> None:
 
 async def test_a_killed_worker_is_replaced_and_every_run_finishes(database: Database) -> None:
     n = 1000
+    setup = database.engine()
+    await create_schema(setup)
+    await setup.dispose()
     first = await start_worker(database)
     engine = await trigger(database, n)
     deadline = time.monotonic() + 60

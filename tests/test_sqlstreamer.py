@@ -402,10 +402,15 @@ async def test_senders_prune_their_topic(sql_engine: AsyncEngine, make: Make) ->
 # -- gap safety (PostgreSQL) -----------------------------------------------------------------
 
 
-async def _blocked_inserts(engine: AsyncEngine) -> int:
-    stmt = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+async def _blocked_inserts(engine: AsyncEngine, topic: str) -> int:
+    """Inserts into ``topic`` waiting for its insert lock."""
+    stmt = sa.text(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        " AND classid = :namespace AND objid::int = hashtext(:topic) AND objsubid = 2"
+    )
+    params = {"namespace": sqlstreamer.LOCK_NAMESPACE, "topic": topic}
     async with engine.connect() as conn:
-        return int((await conn.exec_driver_sql(stmt)).scalar() or 0)
+        return int((await conn.execute(stmt, params)).scalar() or 0)
 
 
 @pytest.mark.parametrize("first", ["a", "b"])
@@ -428,7 +433,7 @@ async def test_out_of_order_commits_never_skip_an_event(
         )
 
         async def later_blocked() -> bool:
-            return await _blocked_inserts(pg_engine) == 1
+            return await _blocked_inserts(pg_engine, topic) == 1
 
         await until(later_blocked, "the second insert to wait for the first transaction")
         recv = asyncio.ensure_future(receiver.recv())

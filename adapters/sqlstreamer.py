@@ -1,0 +1,548 @@
+"""An event streamer on SQL (SQLite or PostgreSQL): an append-only ``workflow_events`` table and
+a durable cursor per (topic, receiver name) in ``workflow_cursors`` (like luno's reflex).
+
+**Order without gaps.** A receiver reads the events of its topic with ``id`` above its
+position, in id order, and never looks back. On PostgreSQL, ids come from a sequence and could
+become visible out of order: transaction A takes id 10, B takes id 11 and commits first; a
+reader that saw 11 would skip 10 for ever. So every insert transaction first takes a
+transaction-scoped advisory lock for its topic (``pg_advisory_xact_lock(LOCK_NAMESPACE,
+hashtext(topic))``), before the sequence hands out ids, and holds it until commit: the inserts
+of one topic commit one at a time and in id order (different topics still write in parallel).
+Anything else that writes to the table must do the same: use :func:`insert_events`. SQLite
+serialises writers by itself.
+
+**Wake-ups.** A send wakes the waiting receivers of this process at once (through a notifier
+shared by every ``SQLStreamer`` on the same database URL). On PostgreSQL the insert transaction
+also does ``pg_notify(channel, topic)`` and each ``SQLStreamer`` LISTENs on one connection of
+its own (opened lazily by its first waiting receiver), so receivers in other processes wake at
+once too. Polling every ``poll_frequency`` seconds is only the fallback (and the way SQLite
+receivers in other OS processes learn of new events).
+
+**Acks** are coalesced: a receiver writes its cursor at most every ``ack_interval`` seconds
+(a timer writes the last ack of a burst), before it waits for new events, and on ``close()``.
+A crash may redeliver an acked event (at-least-once); an event that was not acked is always
+redelivered, and after ``close()`` a new receiver resumes right after the last acked event.
+The cursor only ever holds acked positions and never moves backwards.
+
+**Pruning.** Once every cursor of a topic has passed an event it is deleted: each sender prunes
+its topic every ``prune_every`` events and :meth:`SQLStreamer.prune` prunes every topic. A
+topic nobody has a cursor on is never pruned, and the newest row of the table is always kept
+(SQLite would otherwise hand out a deleted id again). A receiver name created after a prune
+starts at the oldest event left.
+
+Call :meth:`SQLStreamer.close` (or use ``async with``) when done: it closes the streamer's
+receivers and its LISTEN connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import weakref
+from collections import deque
+from collections.abc import Coroutine, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from workflow import Event
+from workflow._adapters import Ack
+from workflow._clock import Clock, RealClock
+
+from .sqlschema import cursors, events
+
+__all__ = [
+    "DEFAULT_CHANNEL",
+    "LOCK_NAMESPACE",
+    "SQLReceiver",
+    "SQLSender",
+    "SQLStreamer",
+    "insert_events",
+]
+
+log = logging.getLogger(__name__)
+
+LOCK_NAMESPACE = 0x776B666C
+"""First key of the PostgreSQL advisory lock that serialises the inserts of one topic."""
+
+DEFAULT_CHANNEL = "workflow_events"
+"""The PostgreSQL NOTIFY channel; the payload is the topic."""
+
+_MIN_POLL = 0.005
+
+EventTuple = tuple[str, int, dict[str, str]]
+"""``(foreign_id, status_type, headers)``: one event for :meth:`SQLSender.send_many`."""
+
+
+async def insert_events(
+    conn: AsyncConnection,
+    topic: str,
+    batch: Sequence[EventTuple],
+    now: datetime,
+    *,
+    channel: str = DEFAULT_CHANNEL,
+) -> None:
+    """Append ``batch`` to ``topic`` inside the caller's transaction, the way every writer of
+    the events table must: on PostgreSQL it takes the topic's insert lock first and NOTIFYs
+    ``channel`` at commit. In-process receivers are not woken (:class:`SQLSender` does that)."""
+    if not batch:
+        return
+    if conn.dialect.name == "postgresql":
+        lock = sa.func.pg_advisory_xact_lock(LOCK_NAMESPACE, sa.func.hashtext(topic))
+        await conn.execute(sa.select(lock, sa.func.pg_notify(channel, topic)))
+    await conn.execute(
+        events.insert(),
+        [
+            {
+                "topic": topic,
+                "foreign_id": foreign_id,
+                "type": int(status_type),
+                "headers": json.dumps(headers, separators=(",", ":"), ensure_ascii=False).encode(),
+                "created_at": now,
+            }
+            for foreign_id, status_type, headers in batch
+        ],
+    )
+
+
+class _Hub:
+    """Wakes this process's receivers waiting on a topic; one per database URL."""
+
+    def __init__(self) -> None:
+        self._futs: dict[str, dict[asyncio.AbstractEventLoop, asyncio.Future[None]]] = {}
+
+    def waiter(self, topic: str) -> asyncio.Future[None]:
+        """A future resolved by the next :meth:`wake` of ``topic``. Take it *before* looking
+        for events, so an event committed in between is not missed."""
+        loop = asyncio.get_running_loop()
+        per_loop = self._futs.setdefault(topic, {})
+        fut = per_loop.get(loop)
+        if fut is None or fut.done():
+            fut = per_loop[loop] = loop.create_future()
+        return fut
+
+    def wake(self, topic: str) -> None:
+        per_loop = self._futs.pop(topic, None)
+        if not per_loop:
+            return
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        for loop, fut in per_loop.items():
+            if loop is running:
+                _resolve(fut)
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(_resolve, fut)
+
+    def wake_all(self) -> None:
+        for topic in list(self._futs):
+            self.wake(topic)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+_hubs: weakref.WeakValueDictionary[str, _Hub] = weakref.WeakValueDictionary()
+
+
+def _hub_for(engine: AsyncEngine) -> _Hub:
+    key = engine.url.render_as_string(hide_password=True)
+    hub = _hubs.get(key)
+    if hub is None:
+        hub = _hubs[key] = _Hub()
+    return hub
+
+
+class SQLStreamer:
+    """:class:`~workflow.EventStreamer` on the ``workflow_events``/``workflow_cursors`` tables.
+
+    ``clock`` stamps ``Event.created_at`` and cursor updates; ``poll_frequency`` is the
+    fallback polling interval of receivers that are not given one; ``batch_size`` rows are
+    read per query; acks are written at most every ``ack_interval`` seconds; a sender prunes
+    its topic every ``prune_every`` events; ``channel`` is the PostgreSQL NOTIFY channel.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        clock: Clock | None = None,
+        poll_frequency: float = 0.5,
+        batch_size: int = 500,
+        ack_interval: float = 0.05,
+        prune_every: int = 1000,
+        channel: str = DEFAULT_CHANNEL,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self._engine = engine
+        self._clock: Clock = clock or RealClock()
+        self._poll = poll_frequency
+        self._batch = batch_size
+        self._ack_interval = ack_interval
+        self._prune_every = prune_every
+        self._channel = channel
+        self._pg = engine.dialect.name == "postgresql"
+        self._hub = _hub_for(engine)
+        self._sent: dict[str, int] = {}
+        self._receivers: weakref.WeakSet[SQLReceiver] = weakref.WeakSet()
+        self._closed = False
+        # PostgreSQL LISTEN connection, opened by the first receiver that waits.
+        self._listener: AsyncConnection | None = None
+        self._driver: Any = None
+        self._dead: list[AsyncConnection] = []
+        self._opening: asyncio.Task[None] | None = None
+        self._listen_retry_at = 0.0
+
+    # -- EventStreamer -------------------------------------------------------------------
+
+    async def new_sender(self, topic: str) -> SQLSender:
+        self._check_open()
+        return SQLSender(self, topic)
+
+    async def new_receiver(
+        self,
+        topic: str,
+        name: str,
+        *,
+        poll_frequency: float | None = None,
+        stream_from_latest: bool = False,
+    ) -> SQLReceiver:
+        """A receiver on ``topic`` resuming after the last event ``name`` acked. A name
+        without a cursor gets one now: after the topic's newest event if
+        ``stream_from_latest``, else before its oldest."""
+        self._check_open()
+        where = sa.and_(cursors.c.topic == topic, cursors.c.name == name)
+        async with self._engine.begin() as conn:
+            position = (await conn.execute(sa.select(cursors.c.position).where(where))).scalar()
+            if position is None:
+                start = 0
+                if stream_from_latest:
+                    newest = sa.select(sa.func.max(events.c.id)).where(events.c.topic == topic)
+                    start = (await conn.execute(newest)).scalar() or 0
+                insert = postgresql.insert if self._pg else sqlite.insert
+                await conn.execute(
+                    insert(cursors)
+                    .values(topic=topic, name=name, position=start, updated_at=self._clock.now())
+                    .on_conflict_do_nothing()
+                )
+                position = (await conn.execute(sa.select(cursors.c.position).where(where))).scalar()
+        poll = self._poll if poll_frequency is None else poll_frequency
+        receiver = SQLReceiver(self, topic, name, int(position or 0), max(poll, _MIN_POLL))
+        self._receivers.add(receiver)
+        return receiver
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    async def prune(self) -> int:
+        """Delete the events that every cursor of their topic has passed; return how many."""
+        return await self._prune(None)
+
+    async def close(self) -> None:
+        """Close this streamer's open receivers (writing their last acks) and its LISTEN
+        connection. Idempotent. Senders and receivers cannot be made afterwards."""
+        self._closed = True
+        try:
+            for receiver in list(self._receivers):
+                await receiver.close()
+        finally:
+            if self._opening is not None:
+                await asyncio.wait((self._opening,))
+            conn, driver = self._listener, self._driver
+            self._listener = self._driver = None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    driver.remove_termination_listener(self._on_terminated)
+                with contextlib.suppress(Exception):
+                    await driver.remove_listener(self._channel, self._on_notify)
+                self._dead.append(conn)
+            await self._discard_dead()
+
+    aclose = close
+
+    async def __aenter__(self) -> SQLStreamer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("SQLStreamer is closed")
+
+    async def _append(self, topic: str, batch: Sequence[EventTuple]) -> None:
+        if not batch:
+            return
+        try:
+            async with self._engine.begin() as conn:
+                await insert_events(conn, topic, batch, self._clock.now(), channel=self._channel)
+        finally:
+            self._hub.wake(topic)  # a spurious wake-up (after a failure) costs one query
+        sent = self._sent.get(topic, 0) + len(batch)
+        self._sent[topic] = 0 if sent >= self._prune_every else sent
+        if sent >= self._prune_every:
+            try:
+                await self._prune(topic)
+            except Exception:  # the events are stored; pruning is retried after more sends
+                log.warning("pruning topic %r failed", topic, exc_info=True)
+
+    async def _prune(self, topic: str | None) -> int:
+        newest = events.alias("newest")
+        passed = sa.select(sa.func.min(cursors.c.position))
+        if topic is None:
+            passed = passed.where(cursors.c.topic == events.c.topic)
+        else:
+            passed = passed.where(cursors.c.topic == topic)
+        stmt = sa.delete(events).where(
+            events.c.id <= passed.scalar_subquery(),
+            events.c.id < sa.select(sa.func.max(newest.c.id)).scalar_subquery(),
+        )
+        if topic is not None:
+            stmt = stmt.where(events.c.topic == topic)
+        async with self._engine.begin() as conn:
+            result = await conn.execute(stmt)
+        return int(result.rowcount)
+
+    async def _fetch(self, topic: str, after: int) -> list[Event]:
+        stmt = (
+            sa.select(events.c.id, events.c.foreign_id, events.c.type)
+            .add_columns(events.c.headers, events.c.created_at)
+            .where(events.c.topic == topic, events.c.id > after)
+            .order_by(events.c.id)
+            .limit(self._batch)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [
+            Event(int(r.id), r.foreign_id, r.type, json.loads(r.headers), r.created_at)
+            for r in rows
+        ]
+
+    async def _write_cursor(self, topic: str, name: str, position: int) -> None:
+        c = cursors.c
+        stmt = sa.update(cursors).where(c.topic == topic, c.name == name, c.position < position)
+        async with self._engine.begin() as conn:
+            await conn.execute(stmt.values(position=position, updated_at=self._clock.now()))
+
+    async def _listen(self) -> None:
+        """Make sure this streamer LISTENs (PostgreSQL); on failure fall back to polling."""
+        if not self._pg or self._listener is not None or self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._listen_retry_at:
+            return
+        if self._opening is None:
+            self._opening = loop.create_task(self._open_listener())
+        # shielded: a cancelled recv leaves the connection to finish opening for the next one
+        await asyncio.shield(self._opening)
+
+    async def _open_listener(self) -> None:
+        try:
+            await self._discard_dead()
+            conn = await self._engine.connect()
+            try:
+                raw = await conn.get_raw_connection()
+                driver = raw.driver_connection
+                assert driver is not None
+                await driver.add_listener(self._channel, self._on_notify)
+                driver.add_termination_listener(self._on_terminated)
+            except Exception:
+                await self._close_quietly(conn)
+                raise
+            self._listener, self._driver = conn, driver
+        except Exception:
+            log.warning("LISTEN %s failed; polling instead", self._channel, exc_info=True)
+            self._listen_retry_at = asyncio.get_running_loop().time() + max(self._poll, 1.0)
+        finally:
+            self._opening = None
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        self._hub.wake(payload)
+
+    def _on_terminated(self, _conn: Any) -> None:
+        """The LISTEN connection died: reconnect on the next wait, and let every receiver
+        look again (notifications may have been lost)."""
+        if self._listener is not None:
+            self._dead.append(self._listener)
+        self._listener = self._driver = None
+        self._hub.wake_all()
+
+    async def _discard_dead(self) -> None:
+        dead, self._dead = self._dead, []
+        for conn in dead:
+            await self._close_quietly(conn)
+
+    @staticmethod
+    async def _close_quietly(conn: AsyncConnection) -> None:
+        # invalidate: a connection that LISTENed is never handed back to the pool
+        with contextlib.suppress(Exception):
+            await conn.invalidate()
+        with contextlib.suppress(Exception):
+            await conn.close()
+
+
+class SQLSender:
+    """Appends events to one topic; made by :meth:`SQLStreamer.new_sender`."""
+
+    def __init__(self, streamer: SQLStreamer, topic: str) -> None:
+        self._streamer = streamer
+        self._topic = topic
+
+    async def send(self, foreign_id: str, status_type: int, headers: dict[str, str]) -> None:
+        """Store one event; return once it is committed."""
+        await self._streamer._append(self._topic, [(foreign_id, status_type, headers)])
+
+    async def send_many(self, events: list[tuple[str, int, dict[str, str]]]) -> None:
+        """Store ``(foreign_id, status_type, headers)`` events in order, in one transaction:
+        all of them or none."""
+        await self._streamer._append(self._topic, events)
+
+    async def close(self) -> None:
+        return None
+
+
+class SQLReceiver:
+    """Reads one topic through the durable cursor ``name``; made by
+    :meth:`SQLStreamer.new_receiver`. Not for concurrent ``recv`` calls.
+
+    Database reads and cursor writes run in tasks of their own that a cancelled ``recv`` or
+    ``ack`` does not interrupt: their result lands in the receiver for the next call."""
+
+    def __init__(
+        self, streamer: SQLStreamer, topic: str, name: str, position: int, poll: float
+    ) -> None:
+        self._streamer = streamer
+        self._topic = topic
+        self._name = name
+        self._poll = poll
+        self._read = position  # newest id fetched into the buffer (runs ahead of the acks)
+        self._acked = position  # newest id acked
+        self._written = position  # newest id stored in the cursor row
+        self._buffer: deque[Event] = deque()
+        self._last_write = float("-inf")
+        self._timer: asyncio.TimerHandle | None = None
+        self._fetching: asyncio.Task[None] | None = None
+        self._writing: asyncio.Task[None] | None = None
+        self._closed = False
+        self._waiting = False
+
+    async def recv(self) -> tuple[Event, Ack]:
+        """The next event of the topic and its ack. Waits (without polling delay for events
+        sent through any ``SQLStreamer`` on the same database) until there is one."""
+        streamer = self._streamer
+        while not self._buffer:
+            if self._closed:
+                raise RuntimeError("receiver is closed; create a new one with new_receiver()")
+            await streamer._listen()
+            woken = streamer._hub.waiter(self._topic)
+            joined = self._fetching is not None  # left by a cancelled recv: may predate woken
+            if self._fetching is None:
+                self._fetching = _task(self._fetch(), "reading", self._topic)
+            await asyncio.shield(self._fetching)
+            if self._buffer:
+                break
+            if joined:
+                continue
+            if self._acked > self._written:
+                await self._flush()
+            self._waiting = True
+            try:
+                await asyncio.wait((woken,), timeout=self._poll)
+            finally:
+                self._waiting = False
+        if self._closed:
+            raise RuntimeError("receiver is closed; create a new one with new_receiver()")
+        event = self._buffer.popleft()
+        return event, self._ack_for(event.id)
+
+    async def _fetch(self) -> None:
+        try:
+            fetched = await self._streamer._fetch(self._topic, self._read)
+            if fetched and not self._closed:
+                self._buffer.extend(fetched)
+                self._read = fetched[-1].id
+        finally:
+            self._fetching = None
+
+    def _ack_for(self, event_id: int) -> Ack:
+        async def ack() -> None:
+            await self._ack(event_id)
+
+        return ack
+
+    async def _ack(self, event_id: int) -> None:
+        if event_id <= self._acked:
+            return
+        self._acked = event_id
+        if self._closed:
+            await self._flush()
+            return
+        loop = asyncio.get_running_loop()
+        due = self._last_write + self._streamer._ack_interval
+        if loop.time() >= due:
+            await self._flush()
+        elif self._timer is None and self._writing is None:
+            self._timer = loop.call_at(due, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._acked > self._written:
+            self._start_write()
+
+    def _start_write(self) -> asyncio.Task[None]:
+        if self._writing is None:
+            self._writing = _task(
+                self._write(), "writing the cursor of", self._topic, logging.WARNING
+            )
+        return self._writing
+
+    async def _write(self) -> None:
+        try:
+            while self._acked > self._written:  # acks that came in meanwhile are written too
+                target = self._acked
+                self._last_write = asyncio.get_running_loop().time()
+                await self._streamer._write_cursor(self._topic, self._name, target)
+                self._written = max(self._written, target)
+        finally:
+            self._writing = None
+
+    async def _flush(self) -> None:
+        if self._acked > self._written or self._writing is not None:
+            await asyncio.shield(self._start_write())
+
+    async def close(self) -> None:
+        """Write the last ack and stop. Events received but not acked go to the next receiver
+        of this name. Idempotent."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._closed = True
+        self._streamer._receivers.discard(self)
+        if self._fetching is not None:
+            await asyncio.wait((self._fetching,))
+        self._buffer.clear()
+        await self._flush()
+
+
+def _task(
+    coro: Coroutine[Any, Any, None], doing: str, topic: str, level: int = logging.DEBUG
+) -> asyncio.Task[None]:
+    """A task whose failure is logged even if nobody is left waiting for it."""
+
+    def done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.log(level, "%s topic %r failed", doing, topic, exc_info=task.exception())
+
+    task = asyncio.get_running_loop().create_task(coro)
+    task.add_done_callback(done)
+    return task
