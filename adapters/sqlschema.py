@@ -9,13 +9,15 @@ back timezone-aware. Run objects are JSON: ``jsonb`` on PostgreSQL (queryable), 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 __all__ = [
     "JSONBytes",
@@ -30,6 +32,7 @@ __all__ = [
     "make_engine",
     "metadata",
     "outbox",
+    "reading",
     "records",
     "timeouts",
 ]
@@ -248,9 +251,20 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) ->
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the write lock up front (no read-then-write lock upgrade, which
+        # busy_timeout cannot resolve); readers (see `reading`) do not block anyone.
+        deferred = conn.get_execution_options().get("workflow_read_only", False)
+        conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
     return engine
+
+
+@contextlib.asynccontextmanager
+async def reading(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection for reads only. On SQLite its transaction does not take the write lock
+    (writers use ``engine.begin()``, which does); elsewhere it is ``engine.connect()``."""
+    async with engine.connect() as conn:
+        yield await conn.execution_options(workflow_read_only=True)
 
 
 async def create_schema(engine: AsyncEngine) -> None:

@@ -29,7 +29,7 @@ from workflow._adapters import Filter, Order
 from workflow._clock import Clock
 from workflow._record import make_outbox_event
 
-from .sqlschema import create_schema, foreign_key, history, outbox, records
+from .sqlschema import create_schema, foreign_key, history, outbox, reading, records
 
 __all__ = ["SQLRecordStore", "create_schema"]
 
@@ -157,7 +157,7 @@ class SQLRecordStore:
     # -- reads ----------------------------------------------------------------------------
 
     async def _one(self, query: sa.Select[Any], missing: str) -> Record:
-        async with self.engine.connect() as conn:
+        async with reading(self.engine) as conn:
             row = (await conn.execute(query)).first()
         if row is None:
             raise RecordNotFoundError(missing)
@@ -199,7 +199,7 @@ class SQLRecordStore:
         query = query.limit(limit if limit > 0 else 25)
         if offset_id > 0:
             query = query.offset(offset_id)
-        async with self.engine.connect() as conn:
+        async with reading(self.engine) as conn:
             rows = (await conn.execute(query)).all()
         return [_record(r) for r in rows]
 
@@ -224,7 +224,7 @@ class SQLRecordStore:
             .where(history.c.run_id == run_id)
             .order_by(history.c.version)
         )
-        async with self.engine.connect() as conn:
+        async with reading(self.engine) as conn:
             rows = (await conn.execute(query)).all()
         if not rows:
             raise RecordNotFoundError(f"no run with id {run_id!r}")
@@ -241,7 +241,7 @@ class SQLRecordStore:
             .order_by(outbox.c.id)
             .limit(limit)
         )
-        async with self.engine.connect() as conn:
+        async with reading(self.engine) as conn:
             rows = (await conn.execute(query)).all()
         return [OutboxEvent(r.event_id, workflow_name, r.data, r.created_at) for r in rows]
 

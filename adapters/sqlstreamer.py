@@ -54,7 +54,7 @@ from workflow import Event
 from workflow._adapters import Ack
 from workflow._clock import Clock, RealClock
 
-from .sqlschema import cursors, events
+from .sqlschema import cursors, events, reading
 
 __all__ = [
     "DEFAULT_CHANNEL",
@@ -321,7 +321,7 @@ class SQLStreamer:
             .order_by(events.c.id)
             .limit(self._batch)
         )
-        async with self._engine.connect() as conn:
+        async with reading(self._engine) as conn:
             rows = (await conn.execute(stmt)).all()
         return [
             Event(int(r.id), r.foreign_id, r.type, json.loads(r.headers), r.created_at)

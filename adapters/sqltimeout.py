@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from workflow import Clock, RealClock, TimeoutRecord
 
-from .sqlschema import timeouts
+from .sqlschema import reading, timeouts
 
 __all__ = ["SQLTimeoutStore"]
 
@@ -114,6 +114,6 @@ class SQLTimeoutStore:
 
     async def _select(self, *where: sa.ColumnElement[bool]) -> builtins.list[TimeoutRecord]:
         stmt = sa.select(timeouts).where(*where).order_by(timeouts.c.id)
-        async with self._engine.connect() as conn:
+        async with reading(self._engine) as conn:
             rows: Sequence[sa.Row[Any]] = (await conn.execute(stmt)).all()
         return [_record(row) for row in rows]
