@@ -29,7 +29,7 @@ from workflow._adapters import Filter, Order
 from workflow._clock import Clock
 from workflow._record import make_outbox_event
 
-from .sqlschema import create_schema, foreign_key, history, outbox, reading, records
+from .sqlschema import UTCDateTime, create_schema, foreign_key, history, outbox, reading, records
 
 __all__ = ["SQLRecordStore", "create_schema"]
 
@@ -47,6 +47,46 @@ _RECORD_COLUMNS = (
     records.c.version,
     records.c.trace_origin,
 )
+
+
+_PG_TAIL = """
+), h AS (
+    INSERT INTO workflow_record_history
+        (run_id, version, run_state, status, object, updated_at, run_state_reason,
+         status_description)
+    SELECT run_id, :version, :run_state, :status, CAST(:object AS JSONB), :updated_at,
+           :run_state_reason, :status_description FROM r
+), o AS (
+    INSERT INTO workflow_outbox (event_id, workflow_name, data, created_at)
+    SELECT :event_id, :workflow_name, :data, :created_at FROM r
+)
+SELECT count(*) FROM r
+"""
+_PG_TYPES = (
+    sa.bindparam("updated_at", type_=UTCDateTime()),
+    sa.bindparam("created_at", type_=UTCDateTime()),
+    sa.bindparam("data", type_=sa.LargeBinary()),
+)
+_PG_UPDATE = sa.text(
+    """WITH r AS (
+    UPDATE workflow_records SET run_state = :run_state, status = :status,
+        object = CAST(:object AS JSONB), updated_at = :updated_at, version = :version,
+        run_state_reason = :run_state_reason, status_description = :status_description
+    WHERE run_id = :run_id AND version = :prev
+    RETURNING run_id"""
+    + _PG_TAIL
+).bindparams(*_PG_TYPES)
+_PG_INSERT = sa.text(
+    """WITH r AS (
+    INSERT INTO workflow_records
+        (run_id, workflow_name, foreign_id, foreign_key, run_state, status, object,
+         created_at, updated_at, version, run_state_reason, status_description, trace_origin)
+    VALUES (:run_id, :workflow_name, :foreign_id, :foreign_key, :run_state, :status,
+            CAST(:object AS JSONB), :run_created_at, :updated_at, :version, :run_state_reason,
+            :status_description, :trace_origin)
+    RETURNING run_id"""
+    + _PG_TAIL
+).bindparams(*_PG_TYPES, sa.bindparam("run_created_at", type_=UTCDateTime()))
 
 
 def _record(row: Any) -> Record:
@@ -78,6 +118,7 @@ class SQLRecordStore:
     def __init__(self, engine: AsyncEngine, *, clock: Clock | None = None) -> None:
         self.engine = engine
         self._clock = clock
+        self._pg = engine.dialect.name == "postgresql"
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -94,6 +135,9 @@ class SQLRecordStore:
             "status_description": meta.status_description,
         }
         event = make_outbox_event(record)
+        if self._pg:
+            await self._store_pg(record, changes, event)
+            return
         async with self.engine.begin() as conn:
             if version == 1:
                 try:
@@ -140,6 +184,41 @@ class SQLRecordStore:
                     data=event.data,
                     created_at=event.created_at,
                 )
+            )
+
+    async def _store_pg(self, record: Record, changes: dict[str, Any], event: OutboxEvent) -> None:
+        """PostgreSQL: the record, its history row and its outbox row in ONE statement
+        (data-modifying CTEs), run in autocommit: one round trip, still all or nothing."""
+        params = {
+            **changes,
+            "object": record.object.decode(),
+            "run_id": record.run_id,
+            "prev": record.meta.version - 1,
+            "event_id": event.id,
+            "workflow_name": record.workflow_name,
+            "data": event.data,
+            "created_at": event.created_at,
+        }
+        if record.meta.version == 1:
+            stmt = _PG_INSERT
+            params.update(
+                foreign_id=record.foreign_id,
+                foreign_key=foreign_key(record.workflow_name, record.foreign_id),
+                run_created_at=record.created_at,
+                trace_origin=record.meta.trace_origin,
+            )
+        else:
+            stmt = _PG_UPDATE
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            try:
+                written = (await conn.execute(stmt, params)).scalar_one()
+            except IntegrityError as err:
+                raise self._refused(err, record) from None
+        if written != 1:
+            raise ConcurrentUpdateError(
+                f"run {record.run_id} is not at version {record.meta.version - 1}: a write of "
+                f"version {record.meta.version} is stale (or the run does not exist). Read it again"
             )
 
     @staticmethod

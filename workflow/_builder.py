@@ -91,7 +91,7 @@ class _Handle:
 
 
 class _TimeoutHandle(_Handle):
-    _refused = ("parallel_count", "lag")
+    _refused = ("parallel_count", "lag", "concurrency")
 
 
 def _fn_name(fn: Callable[..., Any]) -> str:

@@ -205,6 +205,8 @@ def _step_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
                             shard=shard,
                             lag=_opt(opts, "lag"),
                             lag_alert=_opt(opts, "lag_alert"),
+                            concurrency=_opt(opts, "concurrency"),
+                            run_key=lambda event: event.foreign_id,
                         )
                     finally:
                         await receiver.close()
@@ -393,6 +395,8 @@ def _connector_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
                             shard=shard,
                             lag=_opt(opts, "lag"),
                             lag_alert=_opt(opts, "lag_alert"),
+                            concurrency=_opt(opts, "concurrency"),
+                            run_key=lambda ce: ce.foreign_id,
                         )
                     finally:
                         await consumer.close()

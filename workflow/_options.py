@@ -25,6 +25,7 @@ class ProcessOptions:
     lag: timedelta | None = None
     lag_alert: timedelta | None = None
     pause_after_err_count: int | None = None
+    concurrency: int | None = None
 
     def over(self, base: ProcessOptions) -> ProcessOptions:
         """These options with every unset field taken from ``base``."""
@@ -39,10 +40,11 @@ DEFAULT_OPTIONS = ProcessOptions(
     lag=timedelta(0),
     lag_alert=timedelta(minutes=30),
     pause_after_err_count=0,
+    concurrency=1,
 )
 
 _DURATIONS = ("polling_frequency", "err_backoff", "lag", "lag_alert")
-_COUNTS = ("parallel_count", "pause_after_err_count")
+_COUNTS = ("parallel_count", "pause_after_err_count", "concurrency")
 
 
 def make_options(**options: Any) -> ProcessOptions:
@@ -67,8 +69,8 @@ def make_options(**options: Any) -> ProcessOptions:
             v = options[name]
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {v!r}")
-            if name == "parallel_count" and v < 1:
-                raise ValueError("parallel_count must be at least 1")
+            if name in ("parallel_count", "concurrency") and v < 1:
+                raise ValueError(f"{name} must be at least 1")
             values[name] = v
     if "lag" in values and "lag_alert" not in values and values["lag"] > timedelta(0):
         assert DEFAULT_OPTIONS.lag_alert is not None

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 import zlib
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -194,13 +195,30 @@ async def consume(
     lag: timedelta = timedelta(0),
     lag_alert: timedelta = timedelta(0),
     before: Callable[[X], Awaitable[None]] | None = None,
+    concurrency: int = 1,
+    run_key: Callable[[X], str] | None = None,
 ) -> None:
     """Receive, wait out the lag, filter, handle, ack — until the workflow stops.
 
     ``before`` runs outside the in-flight window (a long wait there does not hold up
     ``stop()``). An exception from ``handle`` leaves the item unacknowledged and ends the
     attempt; the supervisor backs off and a new receiver delivers the same item again.
+    With ``concurrency > 1`` up to that many items are handled at once (see
+    :func:`_consume_concurrently`).
     """
+    if concurrency > 1:
+        await _consume_concurrently(
+            proc,
+            recv,
+            handle,
+            created_at=created_at,
+            keep=_keep(shard_key, shard, accept),
+            lag=lag,
+            lag_alert=lag_alert,
+            limit=concurrency,
+            run_key=run_key,
+        )
+        return
     clock = proc.wf.clock
     alert_s = lag_alert.total_seconds()
     lagged = lag > timedelta(0)
@@ -235,6 +253,118 @@ async def consume(
             proc.latency.observe(time.perf_counter() - t0)
         finally:
             proc.busy = False
+
+
+def _keep(
+    shard_key: Callable[[X], str] | None,
+    shard: tuple[int, int] | None,
+    accept: Callable[[X], bool] | None,
+) -> Callable[[X], bool]:
+    shard_index, shards = shard if shard is not None else (0, 1)
+    key = shard_key if shards > 1 else None
+
+    def keep(item: X) -> bool:
+        if key is not None and shard_of(key(item), shards) != shard_index:
+            return False
+        return accept is None or accept(item)
+
+    return keep
+
+
+async def _consume_concurrently(
+    proc: Process,
+    recv: Callable[[], Awaitable[tuple[X, Ack]]],
+    handle: Callable[[X], Awaitable[None]],
+    *,
+    created_at: Callable[[X], datetime],
+    keep: Callable[[X], bool],
+    lag: timedelta,
+    lag_alert: timedelta,
+    limit: int,
+    run_key: Callable[[X], str] | None,
+) -> None:
+    """Handle up to ``limit`` items at once, acknowledging strictly in order.
+
+    Items are acked only once every earlier item is done, so the durable cursor never
+    passes an unfinished item: after a crash or an error everything from the first
+    unfinished item on is delivered again (and the version check skips what was already
+    applied). Items of one run (``run_key``) are handled one after another. The first error
+    stops the attempt: nothing after the failed item is acked.
+    """
+    clock = proc.wf.clock
+    alert_s = lag_alert.total_seconds()
+    window: deque[tuple[Ack, asyncio.Future[None]]] = deque()
+    by_run: dict[str, asyncio.Future[None]] = {}
+    reading: asyncio.Task[tuple[X, Ack]] | None = None
+
+    async def run(item: X, after: asyncio.Future[None] | None) -> None:
+        if after is not None:
+            await asyncio.wait([after])
+        t0 = time.perf_counter()
+        await handle(item)
+        proc.latency.observe(time.perf_counter() - t0)
+
+    try:
+        while True:
+            while window and window[0][1].done():  # ack the finished prefix, in order
+                ack, fut = window.popleft()
+                fut.result()  # the first error ends the attempt, unacknowledged
+                await ack()
+            proc.busy = bool(window)
+            if proc.stopping and not window:
+                return
+            waits: set[asyncio.Future[Any]] = {fut for _, fut in window if not fut.done()}
+            if len(window) < limit and not proc.stopping:
+                if reading is None:
+                    reading = asyncio.ensure_future(recv())
+                waits.add(reading)
+            if waits:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if reading is None or not reading.done():
+                continue
+            item, ack = reading.result()
+            reading = None
+            if not keep(item):
+                done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                done.set_result(None)
+                window.append((ack, done))
+                proc.skip("filtered out")
+                continue
+            if lag > timedelta(0):
+                await clock.sleep_until(created_at(item) + lag)
+            lag_s = (clock.now() - created_at(item)).total_seconds()
+            proc.lag_gauge.set(lag_s)
+            if alert_s > 0:
+                proc.lag_alert_gauge.set(1 if lag_s > alert_s else 0)
+            key = run_key(item) if run_key is not None else None
+            previous = by_run.get(key) if key is not None else None
+            task = asyncio.ensure_future(run(item, previous))
+            if key is not None:
+                by_run[key] = task
+                task.add_done_callback(_forget(by_run, key))
+            window.append((ack, task))
+    finally:
+        if reading is not None:
+            reading.cancel()
+        pending = [fut for _, fut in window if not fut.done()]
+        for fut in pending:
+            fut.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        for _, fut in window:
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # retrieved: the first one is re-raised above
+        proc.busy = False
+
+
+def _forget(
+    by_run: dict[str, asyncio.Future[None]], key: str
+) -> Callable[[asyncio.Future[None]], None]:
+    def done(task: asyncio.Future[None]) -> None:
+        if by_run.get(key) is task:
+            del by_run[key]
+
+    return done
 
 
 def event_time(event: Event) -> datetime:

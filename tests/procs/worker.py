@@ -65,7 +65,7 @@ def build(
         SQLRecordStore(engine),
         roles,
         metrics_registry=registry,
-        default_options={"err_backoff": 0.05, "polling_frequency": 0.2},
+        default_options={"err_backoff": 0.05, "polling_frequency": 0.2, "concurrency": 16},
     )
     return wf, streamer, roles
 
