@@ -4,22 +4,29 @@
 
 It shows the basics: statuses as an ``enum.IntEnum``, the object as a pydantic model, steps
 that change the object and return the next status, an ``on_complete`` hook, and
-``wf.await_`` to wait for a run. Everything runs in memory, in this one process.
+``wf.await_`` to wait for a run. It runs on the embedded default: a SQLite file (no server),
+with the SQL adapters; ``build()`` takes any adapters (the tests use the memory ones).
+
+    python -m examples.gettingstarted --db ./my.db   # keep the database to look at it
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import enum
+import os
+import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
-from adapters.memrecordstore import MemRecordStore
-from adapters.memrolescheduler import MemRoleScheduler
-from adapters.memstreamer import MemStreamer
+from adapters.sqlrolescheduler import SQLRoleScheduler
+from adapters.sqlschema import create_schema, make_engine
+from adapters.sqlstore import SQLRecordStore
+from adapters.sqlstreamer import SQLStreamer
 from workflow import Builder, EventStreamer, RecordStore, RoleScheduler, Run, TypedRecord, Workflow
 
 
@@ -91,7 +98,9 @@ def build(
     return b.build(streamer, store, roles, **build_kwargs)
 
 
-async def main(metrics_registry: CollectorRegistry | None = None) -> None:
+async def main(
+    metrics_registry: CollectorRegistry | None = None, db_path: str | None = None
+) -> None:
     # The hook runs in its own background process: let it tell us when it has run.
     hook_ran = asyncio.Event()
 
@@ -99,21 +108,33 @@ async def main(metrics_registry: CollectorRegistry | None = None) -> None:
         await announce(record)
         hook_ran.set()
 
-    wf = build(
-        MemStreamer(),
-        MemRecordStore(),
-        MemRoleScheduler(),
-        on_complete=on_complete,
-        metrics_registry=metrics_registry,  # None: Prometheus' default registry
-    )
-    async with wf:  # starts the background processes; stops them on the way out
-        run_id = await wf.trigger("andrew")  # a new run at the first status, STARTED
-        print(f"triggered run {run_id} for 'andrew'")
-        run = await wf.await_("andrew", run_id, Status.SHARED_IT, timeout=5)
-        await asyncio.wait_for(hook_ran.wait(), timeout=5)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = db_path or os.path.join(tmp, "gettingstarted.db")
+        engine = make_engine(f"sqlite+aiosqlite:///{path}")
+        await create_schema(engine)  # production: `alembic upgrade head` (docs/migrations.md)
+        streamer, roles = SQLStreamer(engine), SQLRoleScheduler(engine)
+        wf = build(
+            streamer,
+            SQLRecordStore(engine),
+            roles,
+            on_complete=on_complete,
+            metrics_registry=metrics_registry,  # None: Prometheus' default registry
+        )
+        print(f"database: {path}")
+        async with wf:  # starts the background processes; stops them on the way out
+            foreign_id = "andrew"
+            run_id = await wf.trigger(foreign_id)  # a new run at the first status, STARTED
+            print(f"triggered run {run_id} for {foreign_id!r}")
+            run = await wf.await_(foreign_id, run_id, Status.SHARED_IT, timeout=10)
+            await asyncio.wait_for(hook_ran.wait(), timeout=10)
+        await roles.close()
+        await streamer.close()
+        await engine.dispose()
     print(f"final status: {run.status.name} ({run.run_state.name})")
     print(f"final object: {run.object!r}")
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", help="SQLite file to use (default: a temporary one)")
+    asyncio.run(main(db_path=parser.parse_args().db))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -78,15 +79,16 @@ async def test_gettingstarted_moves_through_every_step(
 
 
 async def test_gettingstarted_main(
-    capsys: pytest.CaptureFixture[str], registry: CollectorRegistry
+    capsys: pytest.CaptureFixture[str], registry: CollectorRegistry, tmp_path: Path
 ) -> None:
-    await gettingstarted.main(metrics_registry=registry)
+    await gettingstarted.main(metrics_registry=registry, db_path=str(tmp_path / "gs.db"))
     out = capsys.readouterr().out
     assert "andrew: STARTED -> READ_THE_DOCS" in out
     assert "andrew: CREATED_A_WORKFLOW -> SHARED_IT" in out
     assert "on_complete: andrew finished at SHARED_IT" in out
     assert "final status: SHARED_IT (COMPLETED)" in out
     assert "shared_it=True" in out
+    assert (tmp_path / "gs.db").exists()  # the embedded default: a SQLite file
 
 
 # -- callback ----------------------------------------------------------------------------
