@@ -130,8 +130,11 @@ class MemRecordStore:
 
     async def delete_outbox_events(self, ids: Sequence[str]) -> None:
         """Delete a batch of published outbox events."""
+        owner = self._outbox_owner
         for id in ids:
-            await self.delete_outbox_event(id)
+            wf = owner.pop(id, None)
+            if wf is not None:
+                self._outbox[wf].pop(id, None)
 
     async def history(self, run_id: str) -> builtins.list[Record]:
         """Every stored version of the run, oldest first."""

@@ -128,6 +128,12 @@ class _Sender:
     async def send(self, foreign_id: str, status_type: int, headers: dict[str, str]) -> None:
         self._streamer._send(self._topic, foreign_id, status_type, headers)
 
+    async def send_many(self, events: list[tuple[str, int, dict[str, str]]]) -> None:
+        """Append a batch of events in order."""
+        send = self._streamer._send
+        for foreign_id, status_type, headers in events:
+            send(self._topic, foreign_id, status_type, headers)
+
     async def close(self) -> None:
         return None
 

@@ -37,7 +37,13 @@ from ._runstate import RunState, can_move
 if TYPE_CHECKING:
     from ._workflow import Workflow, _Schedule
 
-__all__ = ["build_processes", "guarded", "load_for_event", "schedule_process"]
+__all__ = [
+    "build_processes",
+    "guarded",
+    "load_for_event",
+    "schedule_process",
+    "status_consumer",
+]
 
 AUTO_PAUSE_REASON = "max error retry threshold hit - automatically paused"
 DELETED_OBJECT = b'{"result":"deleted"}'
@@ -159,6 +165,54 @@ async def guarded(
 # -- steps -----------------------------------------------------------------------------
 
 
+def status_consumer(
+    wf: Workflow[Any, Any],
+    status: int,
+    name: str,
+    role: str,
+    opts: ProcessOptions,
+    work: Callable[[Process, Run[Any, Any]], Awaitable[None]],
+    *,
+    shard: tuple[int, int] | None = None,
+) -> Process:
+    """A consumer of a status topic: each event's run (if current and not stopped) is given
+    to ``work`` under :func:`guarded` (error counting, auto-pause)."""
+    pause_after = _opt(opts, "pause_after_err_count")
+
+    async def body(proc: Process) -> None:
+        async def handle(event: Event) -> None:
+            record = await load_for_event(wf, proc, event, status)
+            if record is not None:
+                await guarded(wf, proc, record, lambda run: work(proc, run), pause_after)
+
+        receiver = await wf.streamer.new_receiver(
+            topic(wf.name, status),
+            role,
+            poll_frequency=_opt(opts, "polling_frequency").total_seconds(),
+        )
+        try:
+            await consume(
+                proc,
+                receiver.recv,
+                handle,
+                created_at=event_time,
+                shard_key=event_foreign_id,
+                shard=shard,
+                lag=_opt(opts, "lag"),
+                lag_alert=_opt(opts, "lag_alert"),
+                concurrency=_opt(opts, "concurrency"),
+                run_key=_run_id,
+            )
+        finally:
+            await receiver.close()
+
+    return Process(wf, name, role, body, _opt(opts, "err_backoff"))
+
+
+def _run_id(event: Event) -> str:
+    return event.foreign_id  # on workflow topics the event's foreign id is the run id
+
+
 def _step_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
     from ._workflow import call_user
 
@@ -166,54 +220,25 @@ def _step_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
         opts = cfg.options.over(wf.defaults)
         n = _opt(opts, "parallel_count")
         label = wf.status_type(status).name.lower()
+
+        def step(fn: Callable[..., Any]) -> Callable[[Process, Run[Any, Any]], Awaitable[None]]:
+            async def work(proc: Process, run: Run[Any, Any]) -> None:
+                result = await call_user(fn, run)
+                if not await wf.apply(run.record, run, result):
+                    proc.skip("next value specified skip")
+
+            return work
+
         for i in range(1, n + 1):
-            name = f"{label}-consumer-{i}-of-{n}"
-            role = _role(wf, f"{status}-consumer-{i}-of-{n}")
-
-            def make_body(
-                status: int = status,
-                fn: Callable[..., Any] = cfg.fn,
-                opts: ProcessOptions = opts,
-                role: str = role,
-                shard: tuple[int, int] | None = (i - 1, n) if n > 1 else None,
-            ) -> Callable[[Process], Coroutine[Any, Any, None]]:
-                pause_after = _opt(opts, "pause_after_err_count")
-
-                async def body(proc: Process) -> None:
-                    async def work(run: Run[Any, Any]) -> None:
-                        result = await call_user(fn, run)
-                        if not await wf.apply(run.record, run, result):
-                            proc.skip("next value specified skip")
-
-                    async def handle(event: Event) -> None:
-                        record = await load_for_event(wf, proc, event, status)
-                        if record is not None:
-                            await guarded(wf, proc, record, work, pause_after)
-
-                    receiver = await wf.streamer.new_receiver(
-                        topic(wf.name, status),
-                        role,
-                        poll_frequency=_opt(opts, "polling_frequency").total_seconds(),
-                    )
-                    try:
-                        await consume(
-                            proc,
-                            receiver.recv,
-                            handle,
-                            created_at=event_time,
-                            shard_key=event_foreign_id,
-                            shard=shard,
-                            lag=_opt(opts, "lag"),
-                            lag_alert=_opt(opts, "lag_alert"),
-                            concurrency=_opt(opts, "concurrency"),
-                            run_key=lambda event: event.foreign_id,
-                        )
-                    finally:
-                        await receiver.close()
-
-                return body
-
-            yield Process(wf, name, role, make_body(), _opt(opts, "err_backoff"))
+            yield status_consumer(
+                wf,
+                status,
+                f"{label}-consumer-{i}-of-{n}",
+                _role(wf, f"{status}-consumer-{i}-of-{n}"),
+                opts,
+                step(cfg.fn),
+                shard=(i - 1, n) if n > 1 else None,
+            )
 
 
 # -- run-state-change consumers ----------------------------------------------------------

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import RecordNotFoundError
 from ._options import ProcessOptions
-from ._process import Process, consume, event_time
-from ._record import Event, TimeoutRecord, topic
+from ._process import Process
+from ._record import TimeoutRecord
 from ._run import Run
 
 if TYPE_CHECKING:
@@ -46,55 +46,30 @@ def _role(wf: Workflow[Any, Any], status: int, suffix: str) -> str:
 def _inserter(
     wf: Workflow[Any, Any], status: int, cfg: TimeoutConfig, opts: ProcessOptions, name: str
 ) -> Process:
-    from ._consumers import guarded, load_for_event
+    from ._consumers import status_consumer
     from ._workflow import call_user
 
     store = wf.timeout_store
     assert store is not None
-    role = _role(wf, status, "timeout-auto-inserter-consumer")
-    pause_after = _opt(opts, "pause_after_err_count")
     signal = wf.signals.timeout_event(wf.name)
 
-    async def body(proc: Process) -> None:
-        async def arm(run: Run[Any, Any]) -> None:
-            now = wf.clock.now()
-            for index, (timer_fn, _) in enumerate(cfg.pairs):
-                expire_at = await call_user(timer_fn, run, now)
-                if expire_at is None:
-                    continue
-                if not isinstance(expire_at, datetime) or expire_at.tzinfo is None:
-                    raise ValueError(
-                        f"timer {index} of {wf.status_type(status).name} returned {expire_at!r};"
-                        " return a timezone-aware datetime or None"
-                    )
-                await store.create(
-                    wf.name, run.foreign_id, run.run_id, status, expire_at, index=index
+    async def arm(proc: Process, run: Run[Any, Any]) -> None:
+        now = wf.clock.now()
+        for index, (timer_fn, _) in enumerate(cfg.pairs):
+            expire_at = await call_user(timer_fn, run, now)
+            if expire_at is None:
+                continue
+            if not isinstance(expire_at, datetime) or expire_at.tzinfo is None:
+                raise ValueError(
+                    f"timer {index} of {wf.status_type(status).name} returned {expire_at!r};"
+                    " return a timezone-aware datetime or None"
                 )
-            signal.set()
-            wf.signals.notify(f"armed:{wf.name}")
+            await store.create(wf.name, run.foreign_id, run.run_id, status, expire_at, index=index)
+        signal.set()
+        wf.signals.notify(f"armed:{wf.name}")
 
-        async def handle(event: Event) -> None:
-            record = await load_for_event(wf, proc, event, status)
-            if record is not None:
-                await guarded(wf, proc, record, arm, pause_after)
-
-        receiver = await wf.streamer.new_receiver(
-            topic(wf.name, status),
-            role,
-            poll_frequency=_opt(opts, "polling_frequency").total_seconds(),
-        )
-        try:
-            await consume(
-                proc,
-                receiver.recv,
-                handle,
-                created_at=event_time,
-                lag_alert=_opt(opts, "lag_alert"),
-            )
-        finally:
-            await receiver.close()
-
-    return Process(wf, name, role, body, _opt(opts, "err_backoff"))
+    role = _role(wf, status, "timeout-auto-inserter-consumer")
+    return status_consumer(wf, status, name, role, opts, arm)
 
 
 def _poller(
