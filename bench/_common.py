@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import cProfile
 import math
 import os
 import platform
+import pstats
 import re
 import resource
 import shlex
@@ -19,6 +21,8 @@ __all__ = [
     "RESULTS_PATH",
     "Percentiles",
     "command_line",
+    "cpu_ticks",
+    "filesystem_of",
     "fmt_int",
     "load_average",
     "machine_facts",
@@ -27,6 +31,8 @@ __all__ = [
     "peak_rss_mib",
     "percentiles",
     "print_table",
+    "profile_by_package",
+    "read_section",
     "utc_now",
     "write_section",
 ]
@@ -167,3 +173,95 @@ def write_section(title: str, markdown: str, path: Path = RESULTS_PATH) -> Path:
         new = text.rstrip("\n") + "\n\n" + section
     path.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
     return path
+
+
+def read_section(title: str, path: Path = RESULTS_PATH) -> str | None:
+    """The body of the ``## {title}`` section of ``path`` (without its heading), or None."""
+    if not path.exists():
+        return None
+    heading = re.escape(f"## {title}")
+    m = re.search(
+        rf"^{heading}[ \t]*\n(.*?)(?=^## |\Z)", path.read_text(encoding="utf-8"), re.M | re.S
+    )
+    return None if m is None else m.group(1).strip("\n")
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) CPU ticks of the whole machine since boot (``/proc/stat``), or None.
+    The difference of two readings gives how busy the machine was in between."""
+    try:
+        with open("/proc/stat", encoding="utf-8") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already in user/nice
+    return total - idle, total
+
+
+def filesystem_of(path: Path) -> str:
+    """The type of the file system ``path`` is on (``/proc/mounts``), e.g. ``ext4``."""
+    target = str(path.resolve())
+    best, kind = "", "unknown"
+    try:
+        with open("/proc/mounts", encoding="utf-8") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                mount = parts[1]
+                inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+                if inside and len(mount) > len(best):
+                    best, kind = mount, parts[2]
+    except OSError:
+        pass
+    return kind
+
+
+_PACKAGES = (
+    ("/sqlalchemy/", "SQLAlchemy"),
+    ("/aiosqlite/", "aiosqlite"),
+    ("/asyncpg/", "asyncpg"),
+    ("/pydantic", "pydantic"),
+    ("/prometheus_client/", "prometheus_client"),
+    ("/asyncio/", "asyncio"),
+    ("/greenlet/", "greenlet switches (SQLAlchemy's async bridge)"),
+    ("/workflow/", "workflow (engine)"),
+    ("/adapters/", "adapters (SQL adapters)"),
+    ("/bench/", "the benchmark itself"),
+)
+
+
+_BUILTINS = (
+    (("epoll", "select.", "kqueue"), "waiting for I/O (epoll)"),
+    (("greenlet",), "greenlet switches (SQLAlchemy's async bridge)"),
+    (("_socket.socket",), "socket send/recv (system calls)"),
+    (("SimpleQueue", "_thread.", "_queue."), "thread hand-offs (queues, locks)"),
+    (("_contextvars.Context", "_asyncio."), "asyncio"),
+    (("pydantic_core",), "pydantic"),
+)
+
+
+def _package(filename: str, name: str) -> str:
+    if filename == "~":
+        for markers, label in _BUILTINS:
+            if any(m in name for m in markers):
+                return label
+        return "other C built-ins (json, uuid, ...)"
+    path = filename.replace("\\", "/")
+    for marker, label in _PACKAGES:
+        if marker in path:
+            return label
+    return "other Python (stdlib, ...)"
+
+
+def profile_by_package(profile: cProfile.Profile) -> list[tuple[str, float]]:
+    """Own time (``tottime``, seconds) of a profile summed per package, largest first."""
+    stats = pstats.Stats(profile)
+    totals: dict[str, float] = {}
+    raw: dict[tuple[str, int, str], tuple[int, int, float, float, object]]
+    raw = stats.stats  # type: ignore[attr-defined]
+    for (filename, _line, name), (_cc, _nc, tottime, _ct, _callers) in raw.items():
+        label = _package(filename, name)
+        totals[label] = totals.get(label, 0.0) + tottime
+    return sorted(totals.items(), key=lambda kv: kv[1], reverse=True)
