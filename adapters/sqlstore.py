@@ -243,12 +243,18 @@ class SQLRecordStore:
         return _record(row)
 
     async def lookup(self, run_id: str) -> Record:
+        if "\x00" in run_id:  # no stored run has one (and PostgreSQL text cannot hold it)
+            raise RecordNotFoundError(f"no run with id {run_id!r}")
         return await self._one(
             sa.select(*_RECORD_COLUMNS).where(records.c.run_id == run_id),
             f"no run with id {run_id!r}",
         )
 
     async def latest(self, workflow_name: str, foreign_id: str) -> Record:
+        if "\x00" in foreign_id or "\x00" in workflow_name:
+            raise RecordNotFoundError(
+                f"workflow {workflow_name!r} has no run for foreign id {foreign_id!r}"
+            )
         return await self._one(
             sa.select(*_RECORD_COLUMNS)
             .where(
@@ -284,6 +290,8 @@ class SQLRecordStore:
 
     async def history(self, run_id: str) -> builtins.list[Record]:
         """Every stored version of the run, oldest first."""
+        if "\x00" in run_id:
+            raise RecordNotFoundError(f"no run with id {run_id!r}")
         query = (
             sa.select(
                 records.c.workflow_name,

@@ -196,4 +196,6 @@ class CronSchedule:
 
 def parse_schedule(spec: str) -> CronSchedule:
     """Parse ``spec``; raise :class:`ValueError` naming the problem if invalid."""
+    if not isinstance(spec, str):
+        raise ValueError(f"a schedule spec must be a str, got {type(spec).__name__}")
     return CronSchedule(spec)

@@ -8,6 +8,7 @@ import functools
 import inspect
 import json
 import os
+import re
 import sys
 import time
 import uuid
@@ -160,15 +161,27 @@ class Workflow(Generic[T, S]):
     # -- encoding and validation --------------------------------------------------------
 
     def encode(self, obj: Any) -> bytes:
-        """The object as stored JSON. A value that does not fit ``T`` is a ``ValueError``."""
-        return self._adapter.dump_json(obj, warnings="error")
+        """The object as stored JSON. A value that does not fit ``T`` is a ``ValueError``, and
+        so is a NUL character in any string (PostgreSQL's jsonb cannot store one; refused on
+        every back end alike)."""
+        data = self._adapter.dump_json(obj, warnings="error")
+        if b"\\u0000" in data and _NUL_ESCAPE.search(data):
+            raise ValueError(
+                "the object contains a NUL character (\\x00) in a string: remove it before "
+                "storing (PostgreSQL cannot store it, so no back end accepts it)"
+            )
+        return data
 
     def decode(self, data: bytes) -> T:
         return self._adapter.validate_json(data)
 
     def status(self, value: Any, what: str = "status") -> S:
         """``value`` as a member of the status enum that is a node of the graph."""
-        if isinstance(value, bool) or not isinstance(value, int):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or (isinstance(value, enum.Enum) and not isinstance(value, self.status_type))
+        ):
             raise ValueError(f"{what} must be a {self.status_type.__name__}, got {value!r}")
         try:
             member = self.status_type(value)
@@ -332,8 +345,7 @@ class Workflow(Generic[T, S]):
     ) -> str:
         """Create a run and return its id. Raises :class:`WorkflowInProgressError` while the
         foreign id's latest run is unfinished."""
-        if not isinstance(foreign_id, str) or not foreign_id:
-            raise ValueError(f"foreign_id must be a non-empty str, got {foreign_id!r}")
+        _check_foreign_id(foreign_id)
         start = self.default_start if start_at is None else self.status(start_at, "start_at")
         if self.graph.is_terminal(int(start)):
             raise ValueError(
@@ -452,8 +464,7 @@ class Workflow(Generic[T, S]):
         filter: Callable[[], Any] | None = None,
     ) -> None:
         """Trigger a run for ``foreign_id`` on a cron schedule while the workflow runs."""
-        if not isinstance(foreign_id, str) or not foreign_id:
-            raise ValueError(f"foreign_id must be a non-empty str, got {foreign_id!r}")
+        _check_foreign_id(foreign_id)
         cron = parse_schedule(spec)
         if initial_value is not None:
             self.encode(self._adapter.validate_python(initial_value))
@@ -517,6 +528,16 @@ class Workflow(Generic[T, S]):
             raise ValueError(f"order must be 'asc' or 'desc', got {order!r}")
         records = await self.store.list(self.name, offset, limit, order, *filters)
         return [self.new_run(r) for r in records]
+
+
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _check_foreign_id(foreign_id: object) -> None:
+    if not isinstance(foreign_id, str) or not foreign_id:
+        raise ValueError(f"foreign_id must be a non-empty str, got {foreign_id!r}")
+    if "\x00" in foreign_id:
+        raise ValueError("foreign_id must not contain NUL (\\x00)")
 
 
 def _run_state_error(target: RunState) -> type[RunStateError]:
