@@ -123,7 +123,7 @@ async def test_a_kafka_connector_triggers_runs(backend: Backend, kafka: str) -> 
 
 async def start_worker(db: Database, bootstrap: str, ns: str, *extra: str) -> Any:
     args = [sys.executable, "-m", "tests.procs.kafka_worker", "--url", db.url]
-    args += ["--bootstrap", bootstrap, "--namespace", ns, "--lease", "1.0"]
+    args += ["--bootstrap", bootstrap, "--namespace", ns, "--lease", "3.0"]
     if db.schema:
         args += ["--schema", db.schema]
     proc = await asyncio.create_subprocess_exec(

@@ -41,7 +41,7 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
 
 
 async def start_worker(db: Database, *extra: str) -> asyncio.subprocess.Process:
-    args = [sys.executable, "-m", "tests.procs.worker", "--url", db.url, "--lease", "1.0"]
+    args = [sys.executable, "-m", "tests.procs.worker", "--url", db.url, "--lease", "3.0"]
     if db.schema:
         args += ["--schema", db.schema]
     proc = await asyncio.create_subprocess_exec(
