@@ -12,6 +12,7 @@ import re
 import resource
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,8 +23,10 @@ __all__ = [
     "Percentiles",
     "command_line",
     "cpu_ticks",
+    "current_rss_mib",
     "filesystem_of",
     "fmt_int",
+    "fsync_cost_us",
     "load_average",
     "machine_facts",
     "machine_facts_markdown",
@@ -89,6 +92,37 @@ def peak_rss_mib() -> float:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def current_rss_mib() -> float | None:
+    """Resident set size of this process now, in MiB (``VmRSS`` of ``/proc/self/status``),
+    or None where there is no ``/proc``."""
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024  # the line is "VmRSS:  12345 kB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def fsync_cost_us(directory: Path, count: int = 200) -> float:
+    """Median time of one ``fsync`` after a small write to a file in ``directory``, in µs: what a
+    durable commit costs at least on this disk (a VM's host cache can make it very cheap)."""
+    path = directory / f".bench-fsync-{os.getpid()}.tmp"
+    samples: list[float] = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for i in range(count):
+            os.pwrite(fd, b"%08d" % i, 0)
+            t0 = time.perf_counter()
+            os.fsync(fd)
+            samples.append((time.perf_counter() - t0) * 1e6)
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    return percentiles(samples).p50
 
 
 def _cpu_model() -> str:
