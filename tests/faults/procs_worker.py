@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
-import os
 import signal
 import sys
 from datetime import timedelta
@@ -32,6 +30,7 @@ from adapters.sqlrolescheduler import SQLRoleScheduler
 from adapters.sqlschema import make_engine
 from adapters.sqlstore import SQLRecordStore
 from adapters.sqlstreamer import SQLStreamer
+from tests.procs.lifetime import die_with_parent
 from workflow import Builder, Run, TypedRecord, Workflow
 
 from ..procs.worker import Order, Status
@@ -131,17 +130,6 @@ async def main() -> None:
     await roles.close()
     await streamer.close()
     await engine.dispose()
-
-
-def die_with_parent() -> None:
-    """Linux: SIGKILL this process when the test that started it is gone (no stray workers)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the parent died before the prctl
-        os._exit(3)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from adapters.kafkastreamer import KafkaStreamer
 from adapters.sqlrolescheduler import SQLRoleScheduler
 from adapters.sqlstore import SQLRecordStore
+from tests.procs.lifetime import die_with_parent
 from workflow import Builder, Lease, RoleScheduler, Run, Workflow
 
 from .worker import engine_for
@@ -162,4 +163,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    die_with_parent()
     asyncio.run(main())

@@ -24,6 +24,7 @@ from adapters.sqlrolescheduler import SQLRoleScheduler
 from adapters.sqlschema import make_engine
 from adapters.sqlstore import SQLRecordStore
 from adapters.sqlstreamer import SQLStreamer
+from tests.procs.lifetime import die_with_parent
 from workflow import Builder, Run, Workflow
 
 
@@ -105,4 +106,5 @@ async def count_done(engine: AsyncEngine) -> int:
 
 
 if __name__ == "__main__":
+    die_with_parent()
     asyncio.run(main())
