@@ -154,8 +154,8 @@ async def open_reader(
         enable_auto_commit=False,
         **{"auto_offset_reset": "earliest", **options},
     )
-    await consumer.start()
     try:
+        await consumer.start()  # inside: a start cut short (cancelled) must still stop it
         if partitions is None:
             await consumer.topics()  # refresh the metadata
             found = consumer.partitions_for_topic(topic)

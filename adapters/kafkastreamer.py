@@ -27,6 +27,7 @@ into :class:`~workflow.ConnectorEvent` objects with the same in-order commits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord  # type: ignore[import-untyped]
@@ -183,7 +184,12 @@ class KafkaStreamer:
 
     async def _start_producer(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, **self._producer_options)
-        await producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise
         self._producer = producer
         return producer
 
