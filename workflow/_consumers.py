@@ -20,6 +20,7 @@ from ._errors import (
     WorkflowInProgressError,
 )
 from ._options import ProcessOptions
+from ._options import resolved as _opt
 from ._process import Process, consume, event_foreign_id, event_time
 from ._record import (
     ConnectorEvent,
@@ -57,12 +58,6 @@ class StaleRecordError(WorkflowError):
 
 def _role(wf: Workflow[Any, Any], name: str) -> str:
     return f"{wf.name.replace(' ', '_')}-{name}"
-
-
-def _opt(options: ProcessOptions, name: str) -> Any:
-    value = getattr(options, name)
-    assert value is not None, name
-    return value
 
 
 def build_processes(wf: Workflow[Any, Any]) -> list[Process]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from ._clock import as_timedelta
 
-__all__ = ["DEFAULT_OPTIONS", "OutboxOptions", "ProcessOptions", "make_options"]
+__all__ = ["DEFAULT_OPTIONS", "OutboxOptions", "ProcessOptions", "make_options", "resolved"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +31,13 @@ class ProcessOptions:
         """These options with every unset field taken from ``base``."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         return replace(base, **{k: v for k, v in values.items() if v is not None})
+
+
+def resolved(options: ProcessOptions, name: str) -> Any:
+    """An option of options already merged over the defaults (so never ``None``)."""
+    value = getattr(options, name)
+    assert value is not None, name
+    return value
 
 
 DEFAULT_OPTIONS = ProcessOptions(

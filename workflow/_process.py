@@ -222,14 +222,11 @@ async def consume(
     clock = proc.wf.clock
     alert_s = lag_alert.total_seconds()
     lagged = lag > timedelta(0)
-    shard_index, shards = shard if shard is not None else (0, 1)
-    key = shard_key if shards > 1 else None
+    keep = _keep(shard_key, shard, accept)
     next_gauge = 0.0
     while not proc.stopping:
         item, ack = await recv()
-        if (key is not None and shard_of(key(item), shards) != shard_index) or (
-            accept is not None and not accept(item)
-        ):
+        if not keep(item):
             await ack()
             proc.skip("filtered out")
             continue

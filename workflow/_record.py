@@ -8,12 +8,9 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ._runstate import RunState
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "ConnectorEvent",

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import RecordNotFoundError
 from ._options import ProcessOptions
+from ._options import resolved as _opt
 from ._process import Process
 from ._record import TimeoutRecord
 from ._run import Run
@@ -21,12 +22,6 @@ if TYPE_CHECKING:
     from ._workflow import Workflow
 
 __all__ = ["timeout_processes"]
-
-
-def _opt(options: ProcessOptions, name: str) -> Any:
-    value = getattr(options, name)
-    assert value is not None, name
-    return value
 
 
 def timeout_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
