@@ -18,7 +18,7 @@ import contextlib
 import inspect
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,6 +38,7 @@ __all__ = [
     "TopicMaker",
     "created_at",
     "decode_headers",
+    "finish",
     "open_reader",
     "route_options",
 ]
@@ -54,6 +55,33 @@ def _accepted(cls: type) -> frozenset[str]:
 PRODUCER_KEYS = _accepted(AIOKafkaProducer)
 CONSUMER_KEYS = _accepted(AIOKafkaConsumer)
 ADMIN_KEYS = _accepted(AIOKafkaAdminClient)
+
+
+async def finish(cleanup: Awaitable[Any]) -> None:
+    """Run ``cleanup`` (an aiokafka ``stop()``/``close()``) to its end even if the caller is
+    cancelled meanwhile, then re-raise the cancellation. A stop cut short half way leaves the
+    client's broker connections open (and a ResourceWarning when they are collected); a
+    second cancellation of a task that is already cleaning up must not do that."""
+    task = asyncio.ensure_future(cleanup)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                break
+            cancelled = True
+        except Exception:
+            break
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.warning("stopping a Kafka client failed", exc_info=error)
+    if cancelled:
+        raise asyncio.CancelledError
+
+
+async def _stop_quietly(cleanup: Awaitable[Any]) -> None:
+    with contextlib.suppress(Exception):
+        await finish(cleanup)
 
 
 def route_options(
@@ -107,7 +135,11 @@ class TopicMaker:
         async with self._lock:
             if self._admin is None:
                 admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, **self._options)
-                await admin.start()
+                try:
+                    await admin.start()
+                except BaseException:
+                    await _stop_quietly(admin.close())
+                    raise
                 self._admin = admin
             admin = self._admin
         response = await admin.create_topics([NewTopic(topic, self._partitions, self._rf)])
@@ -122,7 +154,7 @@ class TopicMaker:
         self._ready.clear()
         admin, self._admin = self._admin, None
         if admin is not None:
-            await admin.close()
+            await finish(admin.close())
 
 
 def created_at(record: ConsumerRecord[bytes, bytes]) -> datetime:
@@ -178,8 +210,7 @@ async def open_reader(
             for tp in fresh:
                 consumer.seek(tp, start[tp])
     except BaseException:
-        with contextlib.suppress(Exception):
-            await consumer.stop()
+        await _stop_quietly(consumer.stop())
         raise
     return OrderedReader(consumer, topic, poll)
 
@@ -260,7 +291,7 @@ class OrderedReader:
                 await asyncio.wait((self._committing,))
             await self._commit()
         finally:
-            await self._consumer.stop()
+            await finish(self._consumer.stop())
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -41,6 +41,7 @@ from ._kafka import (
     TopicMaker,
     created_at,
     decode_headers,
+    finish,
     open_reader,
     route_options,
 )
@@ -149,15 +150,17 @@ class KafkaStreamer:
         client. Idempotent; nothing can be made afterwards."""
         self._closed = True
         try:
-            for receiver in list(self._receivers):
-                await receiver.close()
+            # all at once, and to the end even if this is cancelled: a receiver left open
+            # keeps its consumer's connections
+            receivers = [r.close() for r in list(self._receivers)]
+            await finish(asyncio.gather(*receivers, return_exceptions=True))
         finally:
             if self._starting is not None:
                 await asyncio.wait((self._starting,))
             producer, self._producer = self._producer, None
             try:
                 if producer is not None:
-                    await producer.stop()
+                    await finish(producer.stop())
             finally:
                 await self._topics.close()
 
@@ -188,7 +191,7 @@ class KafkaStreamer:
             await producer.start()
         except BaseException:
             with contextlib.suppress(Exception):
-                await producer.stop()
+                await finish(producer.stop())
             raise
         self._producer = producer
         return producer
