@@ -405,12 +405,21 @@ class Workflow(Generic[T, S]):
                         f"{self.status_type(record.status).name}, {record.run_state})"
                     )
                 await watch.wait(poll if remaining is None else min(poll, remaining))
-                passed = [r for r in watch.records if r.meta.version > seen]
+                passed = sorted(
+                    (r for r in watch.records if r.meta.version > seen),
+                    key=lambda r: r.meta.version,
+                )
                 watch.records.clear()
-                record = await self.store.lookup(run_id)
-                if record.meta.version > seen + 1 + len(passed):
-                    passed = await self._versions_since(run_id, seen)
-                for r in sorted(passed, key=lambda r: r.meta.version):
+                if passed and [r.meta.version for r in passed] == list(
+                    range(seen + 1, seen + 1 + len(passed))
+                ):
+                    record = passed[-1]  # every version since `seen` was written here
+                else:
+                    record = await self.store.lookup(run_id)
+                    if record.meta.version > seen + 1 + len(passed):
+                        passed = await self._versions_since(run_id, seen)
+                        passed.sort(key=lambda r: r.meta.version)
+                for r in passed:
                     if r.status == target:
                         return self.new_run(r)
                 seen = record.meta.version
