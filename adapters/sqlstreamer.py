@@ -54,7 +54,8 @@ from workflow import Event
 from workflow._adapters import Ack
 from workflow._clock import Clock, RealClock
 
-from .sqlschema import cursors, events, reading
+from ._fastsql import Statement, db_time, execute, fetch, from_db_time
+from .sqlschema import cursors, events
 
 __all__ = [
     "DEFAULT_CHANNEL",
@@ -74,6 +75,15 @@ DEFAULT_CHANNEL = "workflow_events"
 """The PostgreSQL NOTIFY channel; the payload is the topic."""
 
 _MIN_POLL = 0.005
+
+_FETCH = Statement(
+    """SELECT id, foreign_id, type, CAST(headers AS TEXT), created_at FROM workflow_events
+    WHERE topic = :topic AND id > :after ORDER BY id LIMIT :limit"""
+)
+_MOVE_CURSOR = Statement(
+    """UPDATE workflow_cursors SET position = :position, updated_at = :updated_at
+    WHERE topic = :topic AND name = :name AND position < :position"""
+)
 
 EventTuple = tuple[str, int, dict[str, str]]
 """``(foreign_id, status_type, headers)``: one event for :meth:`SQLSender.send_many`."""
@@ -274,6 +284,28 @@ class SQLStreamer:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    # -- publishing from another writer's transaction (SQLRecordStore(streamer=...)) --------
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    @property
+    def channel(self) -> str:
+        """The PostgreSQL NOTIFY channel of this streamer."""
+        return self._channel
+
+    def now(self) -> datetime:
+        """``created_at`` for an event appended now (this streamer's clock)."""
+        return self._clock.now()
+
+    async def published(self, topic: str, count: int) -> None:
+        """Tell the streamer that ``count`` events of ``topic`` were committed by another
+        writer through :func:`insert_events`: wakes this process's receivers and counts them
+        towards pruning."""
+        self._hub.wake(topic)
+        await self._count_sent(topic, count)
+
     # -- internals -----------------------------------------------------------------------
 
     def _check_open(self) -> None:
@@ -288,7 +320,10 @@ class SQLStreamer:
                 await insert_events(conn, topic, batch, self._clock.now(), channel=self._channel)
         finally:
             self._hub.wake(topic)  # a spurious wake-up (after a failure) costs one query
-        sent = self._sent.get(topic, 0) + len(batch)
+        await self._count_sent(topic, len(batch))
+
+    async def _count_sent(self, topic: str, count: int) -> None:
+        sent = self._sent.get(topic, 0) + count
         self._sent[topic] = 0 if sent >= self._prune_every else sent
         if sent >= self._prune_every:
             try:
@@ -314,25 +349,18 @@ class SQLStreamer:
         return int(result.rowcount)
 
     async def _fetch(self, topic: str, after: int) -> list[Event]:
-        stmt = (
-            sa.select(events.c.id, events.c.foreign_id, events.c.type)
-            .add_columns(events.c.headers, events.c.created_at)
-            .where(events.c.topic == topic, events.c.id > after)
-            .order_by(events.c.id)
-            .limit(self._batch)
-        )
-        async with reading(self._engine) as conn:
-            rows = (await conn.execute(stmt)).all()
-        return [
-            Event(int(r.id), r.foreign_id, r.type, json.loads(r.headers), r.created_at)
-            for r in rows
-        ]
+        params = {"topic": topic, "after": after, "limit": self._batch}
+        rows = await fetch(self._engine, _FETCH, params)
+        return [Event(int(r[0]), r[1], r[2], json.loads(r[3]), from_db_time(r[4])) for r in rows]
 
     async def _write_cursor(self, topic: str, name: str, position: int) -> None:
-        c = cursors.c
-        stmt = sa.update(cursors).where(c.topic == topic, c.name == name, c.position < position)
-        async with self._engine.begin() as conn:
-            await conn.execute(stmt.values(position=position, updated_at=self._clock.now()))
+        params = {
+            "topic": topic,
+            "name": name,
+            "position": position,
+            "updated_at": db_time(self._clock.now(), self._pg),
+        }
+        await execute(self._engine, _MOVE_CURSOR, params)
 
     async def _listen(self) -> None:
         """Make sure this streamer LISTENs (PostgreSQL); on failure fall back to polling."""

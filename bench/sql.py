@@ -148,8 +148,10 @@ class Tracker:
 class TimedStore(SQLRecordStore):
     """``SQLRecordStore`` that tells the tracker once a COMPLETED record is committed."""
 
-    def __init__(self, engine: AsyncEngine, tracker: Tracker) -> None:
-        super().__init__(engine)
+    def __init__(
+        self, engine: AsyncEngine, tracker: Tracker, streamer: SQLStreamer | None = None
+    ) -> None:
+        super().__init__(engine, streamer=streamer)
         self.tracker = tracker
 
     async def store(self, record: Record) -> None:
@@ -170,7 +172,7 @@ class Bench:
     counter: SQLCounter
 
 
-def build(engine: AsyncEngine, concurrency: int) -> Bench:
+def build(engine: AsyncEngine, concurrency: int, direct: bool = True) -> Bench:
     tracker = Tracker()
     b: Builder[Obj, Status] = Builder("bench sql", Obj, Status)
     chain = [Status.STARTED, Status.A, Status.B, Status.DONE]
@@ -185,7 +187,8 @@ def build(engine: AsyncEngine, concurrency: int) -> Bench:
         b.add_step(cur, step, nxt).with_options(concurrency=concurrency)
     streamer = SQLStreamer(engine, poll_frequency=POLL_FREQUENCY)
     roles = SQLRoleScheduler(engine)
-    wf = b.build(streamer, TimedStore(engine, tracker), roles, metrics_registry=CollectorRegistry())
+    store = TimedStore(engine, tracker, streamer if direct else None)
+    wf = b.build(streamer, store, roles, metrics_registry=CollectorRegistry())
     return Bench(engine, wf, tracker, streamer, roles, SQLCounter(engine))
 
 

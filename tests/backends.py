@@ -1,4 +1,6 @@
-"""The adapter sets end-to-end tests run on: memory, SQLite and PostgreSQL."""
+"""The adapter sets end-to-end tests run on: memory, SQLite and PostgreSQL. On each database
+twice: with the outbox relay (``sqlite``, ``postgres``) and with the record store appending
+events to the SQL streamer itself (``sqlite-direct``, ``postgres-direct``)."""
 
 from __future__ import annotations
 
@@ -49,9 +51,10 @@ class Backend:
         streamer = SQLStreamer(self.engine, clock=self.clock, poll_frequency=0.2)
         roles = SQLRoleScheduler(self.engine)
         self._closers += [streamer, roles]
+        direct = self.name.endswith("-direct")
         return (
             streamer,
-            SQLRecordStore(self.engine),
+            SQLRecordStore(self.engine, streamer=streamer if direct else None),
             roles,
             SQLTimeoutStore(self.engine, clock=self.clock),
         )
@@ -68,11 +71,11 @@ class Backend:
             await c.close()
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+@pytest.fixture(params=["memory", "sqlite", "postgres", "sqlite-direct", "postgres-direct"])
 def backend_engine(request: pytest.FixtureRequest) -> tuple[str, AsyncEngine | None]:
     if request.param == "memory":
         return "memory", None
-    fixture = "pg_engine" if request.param == "postgres" else "sqlite_engine"
+    fixture = "pg_engine" if request.param.startswith("postgres") else "sqlite_engine"
     return request.param, request.getfixturevalue(fixture)
 
 

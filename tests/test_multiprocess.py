@@ -94,12 +94,16 @@ async def trigger(db: Database, n: int) -> AsyncEngine:
     return engine
 
 
-async def test_two_processes_share_one_database(database: Database) -> None:
+@pytest.mark.parametrize("events", ["outbox", "direct"])
+async def test_two_processes_share_one_database(database: Database, events: str) -> None:
+    """2,000 runs over two worker processes, with the outbox relay or with each store
+    appending its event to the streamer's table itself (``--direct``)."""
     n = 2000
     setup = database.engine()
     await create_schema(setup)
     await setup.dispose()
-    workers = [await start_worker(database, "--parallel", "2") for _ in range(2)]
+    extra = ["--parallel", "2"] + (["--direct"] if events == "direct" else [])
+    workers = [await start_worker(database, *extra) for _ in range(2)]
     try:
         engine = await trigger(database, n)
         await wait_until_done(engine, n, timeout=120)
@@ -117,7 +121,7 @@ async def test_a_killed_worker_is_replaced_and_every_run_finishes(database: Data
     setup = database.engine()
     await create_schema(setup)
     await setup.dispose()
-    first = await start_worker(database)
+    first = await start_worker(database, "--direct")
     engine = await trigger(database, n)
     deadline = time.monotonic() + 60
     while await count_done(engine) < n // 5:
@@ -126,7 +130,7 @@ async def test_a_killed_worker_is_replaced_and_every_run_finishes(database: Data
     first.send_signal(signal.SIGKILL)  # mid-load, no clean-up at all
     await first.wait()
     assert await count_done(engine) < n, "the load finished before the kill; raise n"
-    second = await start_worker(database)
+    second = await start_worker(database, "--direct")
     try:
         await wait_until_done(engine, n, timeout=120)
         await check_each_transition_once(engine, n)

@@ -280,6 +280,13 @@ class Builder(Generic[T, S]):
         ):
             if value is None:
                 raise ValueError(f"build() needs a {what}")
+        publishes_to = getattr(record_store, "publishes_to", None)
+        if publishes_to is not None and publishes_to is not event_streamer:
+            raise ValueError(
+                f"workflow {self.name!r}: the record store appends events to its own streamer "
+                f"({publishes_to!r}), not to the event_streamer given to build(): pass that "
+                "same streamer to both, or make the store without streamer="
+            )
         if isinstance(default_options, dict):
             default_options = make_options(**default_options)
         if custom_delete is not None:

@@ -45,7 +45,10 @@ class RunWatch:
 
 
 class Signals:
-    def __init__(self) -> None:
+    def __init__(self, relay_wakes: bool = True) -> None:
+        # False when the store appends events to the streamer itself (it writes no outbox
+        # rows): the relay then only polls for rows left by other writers.
+        self._relay_wakes = relay_wakes
         self._outbox: dict[str, asyncio.Event] = {}
         self._timeouts: dict[str, asyncio.Event] = {}
         self._watches: dict[str, set[RunWatch]] = {}
@@ -78,9 +81,10 @@ class Signals:
         return ev
 
     def stored(self, record: Record) -> None:
-        ev = self._outbox.get(record.workflow_name)
-        if ev is not None:
-            ev.set()
+        if self._relay_wakes:
+            ev = self._outbox.get(record.workflow_name)
+            if ev is not None:
+                ev.set()
         if self._waiters:
             self.notify(f"stored:{record.workflow_name}")
         watches = self._watches.get(record.run_id)
@@ -110,10 +114,10 @@ def signals_for(store: Any) -> Signals:
     try:
         sig = _by_store.get(store)
         if sig is None:
-            sig = _by_store[store] = Signals()
+            sig = _by_store[store] = Signals(getattr(store, "publishes_to", None) is None)
         return sig
     except TypeError:  # not weak-referenceable: key by identity for the life of the process
         sig = _by_id.get(id(store))
         if sig is None:
-            sig = _by_id[id(store)] = Signals()
+            sig = _by_id[id(store)] = Signals(getattr(store, "publishes_to", None) is None)
         return sig

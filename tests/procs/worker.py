@@ -1,7 +1,9 @@
 """A worker process for multi-process tests: runs the 3-step "load" workflow on a shared
 SQL database until SIGTERM (graceful) or SIGKILL.
 
-    python -m tests.procs.worker --url URL [--schema S] [--lease 1.0] [--parallel 2]
+    python -m tests.procs.worker --url URL [--schema S] [--lease 1.0] [--parallel 2] [--direct]
+
+``--direct``: the record store appends events to the SQL streamer itself (no outbox relay).
 
 It prints "ready" once its processes are launched. Each step appends its name to the run's
 object, so a run's stored history shows exactly which transitions were applied.
@@ -41,7 +43,12 @@ class Order(BaseModel):
 
 
 def build(
-    engine: AsyncEngine, *, lease: float = 1.0, parallel: int = 1, registry: CollectorRegistry
+    engine: AsyncEngine,
+    *,
+    lease: float = 1.0,
+    parallel: int = 1,
+    registry: CollectorRegistry,
+    direct: bool = False,
 ) -> tuple[Workflow[Order, Status], SQLStreamer, SQLRoleScheduler]:
     def step(name: str, nxt: Status) -> object:
         async def fn(run: Run[Order, Status]) -> Status:
@@ -63,7 +70,7 @@ def build(
     roles = SQLRoleScheduler(engine, lease=timedelta(seconds=lease))
     wf = b.build(
         streamer,
-        SQLRecordStore(engine),
+        SQLRecordStore(engine, streamer=streamer if direct else None),
         roles,
         metrics_registry=registry,
         default_options={"err_backoff": 0.05, "polling_frequency": 0.2, "concurrency": 16},
@@ -83,10 +90,15 @@ async def main() -> None:
     parser.add_argument("--schema", default=None)
     parser.add_argument("--lease", type=float, default=1.0)
     parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--direct", action="store_true")
     args = parser.parse_args()
     engine = engine_for(args.url, args.schema)
     wf, streamer, roles = build(
-        engine, lease=args.lease, parallel=args.parallel, registry=CollectorRegistry()
+        engine,
+        lease=args.lease,
+        parallel=args.parallel,
+        registry=CollectorRegistry(),
+        direct=args.direct,
     )
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
