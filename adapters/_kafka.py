@@ -20,7 +20,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import (  # type: ignore[import-untyped]
     AIOKafkaConsumer,
@@ -40,10 +40,12 @@ __all__ = [
     "decode_headers",
     "finish",
     "open_reader",
+    "uncancelled",
     "route_options",
 ]
 
 log = logging.getLogger("adapters.kafkastreamer")
+T = TypeVar("T")
 
 _RESERVED = {"loop", "bootstrap_servers", "topics", "group_id", "enable_auto_commit"}
 
@@ -57,30 +59,39 @@ CONSUMER_KEYS = _accepted(AIOKafkaConsumer)
 ADMIN_KEYS = _accepted(AIOKafkaAdminClient)
 
 
-async def finish(cleanup: Awaitable[Any]) -> None:
-    """Run ``cleanup`` (an aiokafka ``stop()``/``close()``) to its end even if the caller is
-    cancelled meanwhile, then re-raise the cancellation. A stop cut short half way leaves the
-    client's broker connections open (and a ResourceWarning when they are collected); a
-    second cancellation of a task that is already cleaning up must not do that."""
-    task = asyncio.ensure_future(cleanup)
+async def uncancelled(call: Awaitable[T]) -> T:
+    """Await an aiokafka call to its end even if the caller is cancelled meanwhile, then
+    re-raise that cancellation (the call's result is dropped). aiokafka does not survive
+    being cancelled half way through opening a broker connection (in ``start()``, a metadata
+    or offsets request, ``stop()``): the half-open connection is never closed and is
+    reported as a ResourceWarning when collected. So this adapter never cancels one."""
+    task = asyncio.ensure_future(call)
     cancelled = False
     while not task.done():
         try:
-            await asyncio.shield(task)
+            await asyncio.wait((task,))
         except asyncio.CancelledError:
-            if task.done():
-                break
             cancelled = True
-        except Exception:
-            break
-    if not task.cancelled() and (error := task.exception()) is not None:
-        log.warning("stopping a Kafka client failed", exc_info=error)
     if cancelled:
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller is gone
         raise asyncio.CancelledError
+    return task.result()
+
+
+async def finish(cleanup: Awaitable[Any]) -> None:
+    """Run a ``stop()``/``close()`` to its end (see :func:`uncancelled`); a failure is
+    logged, not raised."""
+    try:
+        await uncancelled(cleanup)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.warning("stopping a Kafka client failed", exc_info=True)
 
 
 async def _stop_quietly(cleanup: Awaitable[Any]) -> None:
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(asyncio.CancelledError):
         await finish(cleanup)
 
 
@@ -148,10 +159,10 @@ class TopicMaker:
                 raise for_code(code)(f"creating topic {name!r}: {message}")
 
     async def close(self) -> None:
-        for fut in self._ready.values():
-            if not fut.done():
-                fut.cancel()
+        pending = [fut for fut in self._ready.values() if not fut.done()]
         self._ready.clear()
+        if pending:  # not cancelled: see uncancelled()
+            await finish(asyncio.gather(*pending, return_exceptions=True))
         admin, self._admin = self._admin, None
         if admin is not None:
             await finish(admin.close())
@@ -179,7 +190,43 @@ async def open_reader(
     """Start a consumer of group ``name`` on every partition of ``topic`` (``None``: read them
     from the cluster's metadata) at the group's committed offsets. A group without any
     committed offset on the topic starts at the beginning offsets, or at the end offsets with
-    ``stream_from_latest``; they are committed before this returns."""
+    ``stream_from_latest``; they are committed before this returns. If the caller is cancelled
+    meanwhile, the opening still runs to its end (see :func:`uncancelled`) and the reader is
+    closed before the cancellation is re-raised."""
+    opening = asyncio.ensure_future(
+        _open_reader(
+            topic,
+            name,
+            partitions,
+            bootstrap_servers=bootstrap_servers,
+            options=options,
+            stream_from_latest=stream_from_latest,
+            poll=poll,
+        )
+    )
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        await finish(_close_once_open(opening))
+        raise
+
+
+async def _close_once_open(opening: asyncio.Future[OrderedReader]) -> None:
+    await asyncio.wait((opening,))
+    if not opening.cancelled() and opening.exception() is None:
+        await opening.result().close()
+
+
+async def _open_reader(
+    topic: str,
+    name: str,
+    partitions: list[int] | None,
+    *,
+    bootstrap_servers: str | list[str],
+    options: dict[str, Any],
+    stream_from_latest: bool,
+    poll: float,
+) -> OrderedReader:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         group_id=name,
@@ -187,7 +234,7 @@ async def open_reader(
         **{"auto_offset_reset": "earliest", **options},
     )
     try:
-        await consumer.start()  # inside: a start cut short (cancelled) must still stop it
+        await consumer.start()  # inside: a failed start must still stop it
         if partitions is None:
             await consumer.topics()  # refresh the metadata
             found = consumer.partitions_for_topic(topic)
@@ -289,7 +336,7 @@ class OrderedReader:
         try:
             if self._committing is not None:
                 await asyncio.wait((self._committing,))
-            await self._commit()
+            await uncancelled(self._commit())
         finally:
             await finish(self._consumer.stop())
 

@@ -44,6 +44,7 @@ from ._kafka import (
     finish,
     open_reader,
     route_options,
+    uncancelled,
 )
 
 __all__ = [
@@ -128,7 +129,8 @@ class KafkaStreamer:
         self._check_open()
         topic, name = self._namespace + topic, self._namespace + name
         await self._topics.ensure(topic)
-        partitions = sorted(await (await self._get_producer()).partitions_for(topic))
+        producer = await self._get_producer()
+        partitions = sorted(await uncancelled(producer.partitions_for(topic)))
         reader = await open_reader(
             topic,
             name,
