@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,9 +35,26 @@ __all__ = [
     "driver",
     "execute",
     "fetch",
+    "fetchval",
     "from_db_time",
+    "observe",
     "transaction",
 ]
+
+Observer = Callable[[str, bool], None]
+_observers: list[Observer] = []
+
+
+def observe(fn: Observer) -> Callable[[], None]:
+    """Call ``fn(sql, starts_transaction)`` for every statement run here (benchmarks count
+    statements and transactions with it); returns the function that removes it."""
+    _observers.append(fn)
+    return lambda: _observers.remove(fn)
+
+
+def _note(sql: str, starts_transaction: bool) -> None:
+    for fn in _observers:
+        fn(sql, starts_transaction)
 
 
 class Statement:
@@ -106,6 +123,8 @@ async def fetch(
 ) -> Sequence[Sequence[Any]]:
     """The rows of one read statement (no transaction of its own on PostgreSQL; a deferred
     one, as every SQLite statement, on SQLite)."""
+    if _observers:
+        _note(stmt.sqlite, True)
     async with driver(engine) as db:
         if engine.dialect.name == "postgresql":
             rows: Sequence[Sequence[Any]] = await db.fetch(stmt.pg, *stmt.args(params))
@@ -113,8 +132,18 @@ async def fetch(
         return list(await db.execute_fetchall(stmt.sqlite, params))
 
 
+async def fetchval(engine: AsyncEngine, stmt: Statement, params: Mapping[str, Any]) -> Any:
+    """PostgreSQL: the first value of one statement run in autocommit (its own transaction)."""
+    if _observers:
+        _note(stmt.sqlite, True)
+    async with driver(engine) as db:
+        return await db.fetchval(stmt.pg, *stmt.args(params))
+
+
 async def execute(engine: AsyncEngine, stmt: Statement, params: Mapping[str, Any]) -> int:
     """One write statement in a transaction of its own (autocommit); its row count."""
+    if _observers:
+        _note(stmt.sqlite, True)
     async with driver(engine) as db:
         if engine.dialect.name == "postgresql":
             status: str = await db.execute(stmt.pg, *stmt.args(params))
@@ -141,6 +170,8 @@ class SQLiteTransaction(Transaction):
 
     async def execute(self, stmt: Statement, params: Mapping[str, Any]) -> int:
         """Run ``stmt``; return its row count."""
+        if _observers:
+            _note(stmt.sqlite, False)
         cursor = await self.db.execute(stmt.sqlite, params)
         return int(cursor.rowcount)
 
@@ -153,6 +184,8 @@ class PGTransaction(Transaction):
 
     async def execute(self, stmt: Statement, params: Mapping[str, Any]) -> int:
         """Run ``stmt``: a statement that returns one value (a count) returns it, others 0."""
+        if _observers:
+            _note(stmt.sqlite, False)
         value = await self.db.fetchval(stmt.pg, *stmt.args(params))
         return int(value or 0)
 
@@ -165,6 +198,8 @@ async def transaction(engine: AsyncEngine) -> AsyncIterator[Transaction]:
     """A write transaction on a pooled connection: committed when the block ends, rolled
     back if it raises. SQLite takes the write lock up front (``BEGIN IMMEDIATE``, as
     ``make_engine`` does for SQLAlchemy's transactions)."""
+    if _observers:
+        _note("BEGIN", True)
     async with driver(engine) as db:
         if engine.dialect.name == "postgresql":
             async with db.transaction():

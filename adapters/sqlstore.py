@@ -31,7 +31,15 @@ from workflow._adapters import Filter, Order
 from workflow._clock import Clock
 from workflow._record import Header, make_outbox_event
 
-from ._fastsql import Statement, Transaction, db_time, driver, fetch, from_db_time, transaction
+from ._fastsql import (
+    Statement,
+    Transaction,
+    db_time,
+    fetch,
+    fetchval,
+    from_db_time,
+    transaction,
+)
 from .sqlschema import create_schema, foreign_key, history, outbox, reading, records
 from .sqlstreamer import LOCK_NAMESPACE, SQLStreamer
 
@@ -266,9 +274,8 @@ class SQLRecordStore:
             )
             try:
                 if pg:  # one autocommit statement
-                    async with driver(self.engine) as db:
-                        stmt = _PG_INSERT if version == 1 else _PG_UPDATE
-                        written = int(await db.fetchval(stmt.pg, *stmt.args(params)))
+                    stmt = _PG_INSERT if version == 1 else _PG_UPDATE
+                    written = int(await fetchval(self.engine, stmt, params))
                 else:
                     async with transaction(self.engine) as tx:
                         written = await self._write_sqlite(tx, params, version)
@@ -290,9 +297,8 @@ class SQLRecordStore:
         try:
             if pg:  # one autocommit statement, the topic's lock first
                 params.update(namespace=LOCK_NAMESPACE, channel=streamer.channel)
-                async with driver(self.engine) as db:
-                    stmt = _PG_INSERT_DIRECT if version == 1 else _PG_UPDATE_DIRECT
-                    written = int(await db.fetchval(stmt.pg, *stmt.args(params)))
+                stmt = _PG_INSERT_DIRECT if version == 1 else _PG_UPDATE_DIRECT
+                written = int(await fetchval(self.engine, stmt, params))
             else:
                 async with transaction(self.engine) as tx:
                     written = await self._write_sqlite(tx, params, version)

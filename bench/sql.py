@@ -59,6 +59,7 @@ from pydantic import BaseModel
 from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from adapters._fastsql import observe
 from adapters.sqlrolescheduler import SQLRoleScheduler
 from adapters.sqlschema import create_schema, drop_schema, make_engine, records
 from adapters.sqlstore import SQLRecordStore
@@ -206,6 +207,15 @@ class SQLCounter:
         sa_event.listen(sync, "begin", self._begin)
         sa_event.listen(sync.pool, "checkout", self._checkout)
         sa_event.listen(sync.pool, "checkin", self._checkin)
+        # the hot statements run on the driver, past SQLAlchemy's events
+        self.unobserve = observe(self._raw)
+
+    def _raw(self, statement: str, starts_transaction: bool) -> None:
+        if starts_transaction:
+            self.begins += 1
+        if statement != "BEGIN":
+            self.statements += 1
+            self.texts[statement] += 1
 
     def _statement(self, _conn: Any, _cur: Any, statement: str, *_args: Any) -> None:
         if not statement.startswith("BEGIN"):  # SQLite's explicit BEGIN is not a statement
@@ -665,6 +675,7 @@ async def stop(bench: Bench) -> None:
         await bench.streamer.close()
         await bench.roles.close()
     finally:
+        bench.counter.unobserve()
         await bench.engine.dispose()
 
 
