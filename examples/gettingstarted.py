@@ -115,7 +115,7 @@ async def main(
         streamer, roles = SQLStreamer(engine), SQLRoleScheduler(engine)
         wf = build(
             streamer,
-            SQLRecordStore(engine),
+            SQLRecordStore(engine, streamer=streamer),  # events straight to the streamer
             roles,
             on_complete=on_complete,
             metrics_registry=metrics_registry,  # None: Prometheus' default registry
