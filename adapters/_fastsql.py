@@ -20,17 +20,19 @@ wrote):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
+import sqlite3
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = [
     "Statement",
-    "Transaction",
     "db_time",
     "driver",
     "execute",
@@ -38,9 +40,12 @@ __all__ = [
     "fetchval",
     "from_db_time",
     "observe",
-    "transaction",
+    "note",
+    "sqlite_write",
+    "sqlite_writer",
 ]
 
+R = TypeVar("R")
 Observer = Callable[[str, bool], None]
 _observers: list[Observer] = []
 
@@ -50,6 +55,12 @@ def observe(fn: Observer) -> Callable[[], None]:
     statements and transactions with it); returns the function that removes it."""
     _observers.append(fn)
     return lambda: _observers.remove(fn)
+
+
+def note(sql: str, starts_transaction: bool = False) -> None:
+    """Report a statement to the observers (for statements run inside :func:`sqlite_write`)."""
+    if _observers:
+        _note(sql, starts_transaction)
 
 
 def _note(sql: str, starts_transaction: bool) -> None:
@@ -144,72 +155,152 @@ async def execute(engine: AsyncEngine, stmt: Statement, params: Mapping[str, Any
     """One write statement in a transaction of its own (autocommit); its row count."""
     if _observers:
         _note(stmt.sqlite, True)
-    async with driver(engine) as db:
-        if engine.dialect.name == "postgresql":
+    if engine.dialect.name == "postgresql":
+        async with driver(engine) as db:
             status: str = await db.execute(stmt.pg, *stmt.args(params))
             return int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0
+    async with sqlite_writer(engine), driver(engine) as db:
         cursor = await db.execute(stmt.sqlite, params)
         return int(cursor.rowcount)
 
 
-class Transaction:
-    """Statements of one write transaction."""
-
-    def __init__(self, db: Any) -> None:
-        self.db = db
-
-    async def execute(self, stmt: Statement, params: Mapping[str, Any]) -> int:
-        raise NotImplementedError
-
-    async def executemany(self, stmt: Statement, rows: Sequence[Mapping[str, Any]]) -> None:
-        raise NotImplementedError
+_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-class SQLiteTransaction(Transaction):
-    """Statements of one SQLite write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``)."""
-
-    async def execute(self, stmt: Statement, params: Mapping[str, Any]) -> int:
-        """Run ``stmt``; return its row count."""
-        if _observers:
-            _note(stmt.sqlite, False)
-        cursor = await self.db.execute(stmt.sqlite, params)
-        return int(cursor.rowcount)
-
-    async def executemany(self, stmt: Statement, rows: Sequence[Mapping[str, Any]]) -> None:
-        await self.db.executemany(stmt.sqlite, rows)
-
-
-class PGTransaction(Transaction):
-    """Statements of one PostgreSQL transaction."""
-
-    async def execute(self, stmt: Statement, params: Mapping[str, Any]) -> int:
-        """Run ``stmt``: a statement that returns one value (a count) returns it, others 0."""
-        if _observers:
-            _note(stmt.sqlite, False)
-        value = await self.db.fetchval(stmt.pg, *stmt.args(params))
-        return int(value or 0)
-
-    async def executemany(self, stmt: Statement, rows: Sequence[Mapping[str, Any]]) -> None:
-        await self.db.executemany(stmt.pg, [stmt.args(r) for r in rows])
+def sqlite_writer(engine: AsyncEngine) -> asyncio.Lock:
+    """The lock this process's writers of one SQLite database take before ``BEGIN
+    IMMEDIATE``. SQLite has one writer at a time; without it, concurrent writers of this
+    process would wait for each other inside SQLite's busy handler, which sleeps in steps of
+    up to 100 ms instead of handing over at once. Other processes still meet in the busy
+    handler."""
+    locks = _writers.setdefault(asyncio.get_running_loop(), {})
+    key = engine.url.render_as_string(hide_password=True)
+    lock = locks.get(key)
+    if lock is None:
+        lock = locks[key] = asyncio.Lock()
+    return lock
 
 
-@contextlib.asynccontextmanager
-async def transaction(engine: AsyncEngine) -> AsyncIterator[Transaction]:
-    """A write transaction on a pooled connection: committed when the block ends, rolled
-    back if it raises. SQLite takes the write lock up front (``BEGIN IMMEDIATE``, as
-    ``make_engine`` does for SQLAlchemy's transactions)."""
-    if _observers:
-        _note("BEGIN", True)
-    async with driver(engine) as db:
-        if engine.dialect.name == "postgresql":
-            async with db.transaction():
-                yield PGTransaction(db)
-            return
-        await db.execute("BEGIN IMMEDIATE")
+MAX_GROUP = 64
+"""Most write jobs committed together by :func:`sqlite_write`."""
+
+Job = tuple[AsyncEngine, Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
+
+
+def _run_group(conn: sqlite3.Connection, jobs: list[Job]) -> list[tuple[bool, Any]]:
+    """In the connection's thread: every job in one transaction, each inside a savepoint so
+    that a job that raises is undone alone. Returns (ok, result or exception) per job; if the
+    COMMIT fails, it raises and nothing was written."""
+    out: list[tuple[bool, Any]] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for _, fn, _ in jobs:
+            conn.execute("SAVEPOINT job")
+            try:
+                result = fn(conn)
+            except Exception as err:
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+                out.append((False, err))
+            else:
+                conn.execute("RELEASE job")
+                out.append((True, result))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return out
+
+
+class _GroupWriter:
+    """Write jobs of one SQLite database file in this process (one per event loop), committed
+    in groups: a job queued while a group is being written goes into the next one. One
+    hand-over to the connection's thread and one commit (one ``fsync`` with
+    ``synchronous=FULL``) per group instead of per job; alone, a job is written at once. A
+    group runs on the engine of its first job (every engine of one URL reaches one file)."""
+
+    def __init__(self) -> None:
+        self.queue: list[Job] = []
+        self.task: asyncio.Task[None] | None = None
+
+    def submit(
+        self, engine: AsyncEngine, fn: Callable[[sqlite3.Connection], Any]
+    ) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.queue.append((engine, fn, fut))
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._drain())
+        return fut
+
+    async def _drain(self) -> None:
         try:
-            yield SQLiteTransaction(db)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await db.execute("ROLLBACK")
-            raise
-        await db.execute("COMMIT")
+            while self.queue:
+                jobs = [j for j in self.queue[:MAX_GROUP] if not j[2].cancelled()]
+                del self.queue[:MAX_GROUP]
+                if not jobs:
+                    continue
+                try:
+                    results = await self._write(jobs)
+                except BaseException as err:  # nothing of this group was written
+                    for _, _, fut in jobs:
+                        if not fut.done():
+                            fut.set_exception(err)
+                    if not isinstance(err, Exception):
+                        raise
+                    continue
+                for (_, _, fut), (ok, value) in zip(jobs, results, strict=True):
+                    if fut.done():
+                        continue
+                    if ok:
+                        fut.set_result(value)
+                    else:
+                        fut.set_exception(value)
+        finally:
+            self.task = None
+            for _, _, fut in self.queue:  # only if this task was cancelled (the loop closes)
+                fut.cancel()
+            self.queue.clear()
+
+    async def _write(self, jobs: list[Job]) -> list[tuple[bool, Any]]:
+        if _observers:
+            _note("BEGIN", True)
+        engine = jobs[0][0]
+        async with sqlite_writer(engine), driver(engine) as db:
+            run = getattr(db, "_execute", None)
+            if run is None or not hasattr(db, "_conn"):
+                raise RuntimeError(
+                    "this aiosqlite has no Connection._execute: install aiosqlite>=0.17,<1"
+                )
+            results: list[tuple[bool, Any]] = await run(_run_group, db._conn, jobs)
+            return results
+
+
+_groups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _GroupWriter]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def sqlite_write(engine: AsyncEngine, fn: Callable[[sqlite3.Connection], R]) -> R:
+    """Run ``fn(conn)`` in a write transaction on the ``sqlite3`` connection of a pooled
+    aiosqlite connection, in that connection's thread; return its result or raise its
+    exception (then nothing of it was written). Jobs submitted while another group is being
+    written are committed together (see :class:`_GroupWriter`), each in its own savepoint.
+
+    Why: every aiosqlite call is a round trip between the event loop and the connection's
+    thread (a queue, a thread switch, a self-pipe write back to the loop, an epoll wake-up:
+    each a system call, slow on a VM), so a store of five statements made one at a time cost
+    five of them, and every commit its own ``fsync``. Once handed over, a job runs to its end
+    even if its caller is cancelled. Uses aiosqlite's ``Connection._execute`` (present since
+    its first release; checked at first use)."""
+    groups = _groups.setdefault(asyncio.get_running_loop(), {})
+    key = engine.url.render_as_string(hide_password=True)
+    writer = groups.get(key)
+    if writer is None:
+        writer = groups[key] = _GroupWriter()
+    # Not shielded: a caller cancelled before its job is taken drops the job; once taken, the
+    # job is written anyway (the caller cannot know: as with any cancelled database write).
+    result: R = await writer.submit(engine, fn)
+    return result

@@ -238,6 +238,11 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) ->
 
     if not url.startswith("sqlite"):
         return create_async_engine(url, **kwargs)
+    # Every user of these connections ends its own transaction (SQLAlchemy's Connection rolls
+    # back on close; the adapters' driver-level writes commit or roll back in one go), so the
+    # pool's extra ROLLBACK on every check-in (a round trip to the connection's thread) is
+    # skipped. Pass pool_reset_on_return="rollback" to have it back.
+    kwargs.setdefault("pool_reset_on_return", None)
     engine = create_async_engine(url, **kwargs)
 
     @event.listens_for(engine.sync_engine, "connect")

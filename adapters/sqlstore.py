@@ -12,6 +12,7 @@ import builtins
 import json
 import sqlite3
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,12 +34,12 @@ from workflow._record import Header, make_outbox_event
 
 from ._fastsql import (
     Statement,
-    Transaction,
     db_time,
     fetch,
     fetchval,
     from_db_time,
-    transaction,
+    note,
+    sqlite_write,
 )
 from .sqlschema import create_schema, foreign_key, history, outbox, reading, records
 from .sqlstreamer import LOCK_NAMESPACE, SQLStreamer
@@ -164,6 +165,27 @@ _PG_INSERT_DIRECT = Statement(
 )
 
 
+def _store_sqlite(
+    params: dict[str, Any], version: int, tail: Statement, conn: sqlite3.Connection
+) -> int:
+    """SQLite, in the connection's thread and its write transaction: the run's row (insert,
+    or compare-and-set update), its history row and ``tail`` (its outbox row or its event).
+    Returns how many run rows were written: 0 when the compare-and-set failed (then nothing
+    was written)."""
+    if version == 1:
+        note(_INSERT_RECORD.sqlite)
+        conn.execute(_INSERT_RECORD.sqlite, params)
+    else:
+        note(_UPDATE_RECORD.sqlite)
+        if conn.execute(_UPDATE_RECORD.sqlite, params).rowcount != 1:
+            return 0
+    note(_INSERT_HISTORY.sqlite)
+    conn.execute(_INSERT_HISTORY.sqlite, params)
+    note(tail.sqlite)
+    conn.execute(tail.sqlite, params)
+    return 1
+
+
 def _unique_violation(err: Exception) -> bool:
     """A unique index refused the write (sqlite3, asyncpg or SQLAlchemy's wrapper of them)."""
     if isinstance(err, (IntegrityError, sqlite3.IntegrityError)):
@@ -277,11 +299,9 @@ class SQLRecordStore:
                     stmt = _PG_INSERT if version == 1 else _PG_UPDATE
                     written = int(await fetchval(self.engine, stmt, params))
                 else:
-                    async with transaction(self.engine) as tx:
-                        written = await self._write_sqlite(tx, params, version)
-                        if written != 1:
-                            raise _stale(record)  # inside: rolls back
-                        await tx.execute(_INSERT_OUTBOX, params)
+                    written = await sqlite_write(
+                        self.engine, partial(_store_sqlite, params, version, _INSERT_OUTBOX)
+                    )
             except Exception as err:
                 raise self._refused(err, record) if _unique_violation(err) else err from None
             if written != 1:
@@ -300,31 +320,15 @@ class SQLRecordStore:
                 stmt = _PG_INSERT_DIRECT if version == 1 else _PG_UPDATE_DIRECT
                 written = int(await fetchval(self.engine, stmt, params))
             else:
-                async with transaction(self.engine) as tx:
-                    written = await self._write_sqlite(tx, params, version)
-                    if written != 1:
-                        raise _stale(record)  # inside: rolls back
-                    await tx.execute(_INSERT_EVENT, params)
+                written = await sqlite_write(
+                    self.engine, partial(_store_sqlite, params, version, _INSERT_EVENT)
+                )
         except Exception as err:
             raise self._refused(err, record) if _unique_violation(err) else err from None
         finally:
             await streamer.published(tp, 1)  # after a failure: one spurious wake-up
         if written != 1:
             raise _stale(record)
-
-    @staticmethod
-    async def _write_sqlite(tx: Transaction, params: dict[str, Any], version: int) -> int:
-        """SQLite: the run's row (insert, or compare-and-set update) and its history row;
-        return how many run rows were written."""
-        if version == 1:
-            await tx.execute(_INSERT_RECORD, params)
-            written = 1
-        else:
-            written = await tx.execute(_UPDATE_RECORD, params)
-            if written != 1:
-                return written
-        await tx.execute(_INSERT_HISTORY, params)
-        return written
 
     @staticmethod
     def _refused(err: Exception, record: Record) -> Exception:

@@ -13,7 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from adapters.adaptertest import run_record_store_test
 from adapters.sqlschema import history, outbox, records
 from adapters.sqlstore import SQLRecordStore
-from workflow import Meta, Record, RunState, WorkflowInProgressError
+from workflow import (
+    ConcurrentUpdateError,
+    Meta,
+    Record,
+    RecordNotFoundError,
+    RunState,
+    WorkflowInProgressError,
+)
 
 
 async def _empty(engine: AsyncEngine) -> SQLRecordStore:
@@ -96,3 +103,65 @@ async def test_history_keeps_every_version(sql_engine: AsyncEngine) -> None:
         (2, 2, RunState.RUNNING),
     ]
     assert got[0].created_at == v1.created_at and got[0].meta.trace_origin == "here.py:1"
+
+
+async def _count(engine: AsyncEngine, table: sa.Table) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(sa.select(sa.func.count()).select_from(table))).scalar_one())
+
+
+async def test_concurrent_stores_are_applied_or_refused_each_on_its_own(
+    sql_engine: AsyncEngine,
+) -> None:
+    """On SQLite concurrent stores are committed together (one transaction, a savepoint
+    each): a refused one must not take the others with it, nor leave anything behind."""
+    from dataclasses import replace
+
+    store = SQLRecordStore(sql_engine)
+    first = [_record(f"f{i}", f"r{i}") for i in range(12)]
+    await asyncio.gather(*(store.store(r) for r in first))
+    writes = [
+        store.store(
+            replace(r, run_state=RunState.RUNNING, status=2, meta=Meta(version=3 if i % 3 else 2))
+        )
+        for i, r in enumerate(first)
+    ]
+    writes.append(store.store(_record("f1", "another")))  # f1 has an unfinished run
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    for i, result in enumerate(results[:12]):
+        got = await store.lookup(f"r{i}")
+        if i % 3:
+            assert isinstance(result, ConcurrentUpdateError), result
+            assert (got.meta.version, got.status) == (1, 1)
+            assert [h.meta.version for h in await store.history(f"r{i}")] == [1]
+        else:
+            assert result is None
+            assert (got.meta.version, got.status) == (2, 2)
+    assert isinstance(results[12], WorkflowInProgressError)
+    assert await _count(sql_engine, records) == 12
+    assert await _count(sql_engine, outbox) == 12 + 4  # the first versions + the 4 applied
+
+
+async def test_a_store_cancelled_before_it_is_written_writes_nothing(
+    sqlite_engine: AsyncEngine,
+) -> None:
+    from adapters._fastsql import sqlite_writer
+
+    store = SQLRecordStore(sqlite_engine)
+    lock = sqlite_writer(sqlite_engine)
+    await lock.acquire()  # the group writer takes the first store, then waits for the lock
+    first = asyncio.ensure_future(store.store(_record("a", "ra")))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    second = asyncio.ensure_future(store.store(_record("b", "rb")))  # queued behind it
+    for _ in range(5):
+        await asyncio.sleep(0)
+    second.cancel()
+    lock.release()
+    await first
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    assert (await store.lookup("ra")).run_id == "ra"
+    with pytest.raises(RecordNotFoundError):
+        await store.lookup("rb")
+    assert await _count(sqlite_engine, outbox) == 1
