@@ -142,7 +142,7 @@ SELECT count(*) FROM r
 _PG_LOCK = """WITH l AS MATERIALIZED (
     SELECT 1 AS one FROM (
         SELECT pg_advisory_xact_lock(CAST(:namespace AS INTEGER), hashtext(CAST(:topic AS TEXT))),
-               pg_notify(CAST(:channel AS TEXT), CAST(:topic AS TEXT))
+               pg_notify(CAST(:channel AS TEXT), CAST(:payload AS TEXT))
     ) t
 ), """
 _PG_EVENT = """
@@ -316,7 +316,11 @@ class SQLRecordStore:
         )
         try:
             if pg:  # one autocommit statement, the topic's lock first
-                params.update(namespace=LOCK_NAMESPACE, channel=streamer.channel)
+                params.update(
+                    namespace=LOCK_NAMESPACE,
+                    channel=streamer.channel,
+                    payload=streamer.notify_payload(tp),
+                )
                 stmt = _PG_INSERT_DIRECT if version == 1 else _PG_UPDATE_DIRECT
                 written = int(await fetchval(self.engine, stmt, params))
             else:

@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import weakref
 from collections import deque
 from collections.abc import Coroutine, Sequence
@@ -96,15 +97,17 @@ async def insert_events(
     now: datetime,
     *,
     channel: str = DEFAULT_CHANNEL,
+    payload: str | None = None,
 ) -> None:
     """Append ``batch`` to ``topic`` inside the caller's transaction, the way every writer of
     the events table must: on PostgreSQL it takes the topic's insert lock first and NOTIFYs
-    ``channel`` at commit. In-process receivers are not woken (:class:`SQLSender` does that)."""
+    ``channel`` (with ``payload``, default the topic) at commit. In-process receivers are not
+    woken (:class:`SQLSender` does that)."""
     if not batch:
         return
     if conn.dialect.name == "postgresql":
         lock = sa.func.pg_advisory_xact_lock(LOCK_NAMESPACE, sa.func.hashtext(topic))
-        await conn.execute(sa.select(lock, sa.func.pg_notify(channel, topic)))
+        await conn.execute(sa.select(lock, sa.func.pg_notify(channel, payload or topic)))
     await conn.execute(
         events.insert(),
         [
@@ -121,9 +124,15 @@ async def insert_events(
 
 
 class _Hub:
-    """Wakes this process's receivers waiting on a topic; one per database URL."""
+    """Wakes this process's receivers waiting on a topic; one per database URL.
+
+    Its ``token`` marks the NOTIFYs of sends made through it (payload ``topic + "\\x1f" +
+    token``): they woke its receivers already, so its LISTEN connections ignore them (each
+    would cost a receiver an empty read). A NOTIFY without a token (a plain topic, as
+    :func:`insert_events` sends by default) always wakes."""
 
     def __init__(self) -> None:
+        self.token = secrets.token_hex(6)
         self._futs: dict[str, dict[asyncio.AbstractEventLoop, asyncio.Future[None]]] = {}
 
     def waiter(self, topic: str) -> asyncio.Future[None]:
@@ -295,6 +304,11 @@ class SQLStreamer:
         """The PostgreSQL NOTIFY channel of this streamer."""
         return self._channel
 
+    def notify_payload(self, topic: str) -> str:
+        """The NOTIFY payload for a send that wakes this process's receivers itself (then
+        :meth:`published`): their LISTEN connections skip it."""
+        return f"{topic}\x1f{self._hub.token}"
+
     def now(self) -> datetime:
         """``created_at`` for an event appended now (this streamer's clock)."""
         return self._clock.now()
@@ -317,7 +331,14 @@ class SQLStreamer:
             return
         try:
             async with self._engine.begin() as conn:
-                await insert_events(conn, topic, batch, self._clock.now(), channel=self._channel)
+                await insert_events(
+                    conn,
+                    topic,
+                    batch,
+                    self._clock.now(),
+                    channel=self._channel,
+                    payload=self.notify_payload(topic),
+                )
         finally:
             self._hub.wake(topic)  # a spurious wake-up (after a failure) costs one query
         await self._count_sent(topic, len(batch))
@@ -395,7 +416,11 @@ class SQLStreamer:
             self._opening = None
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        self._hub.wake(payload)
+        topic, marked, token = payload.rpartition("\x1f")
+        if not marked:
+            self._hub.wake(payload)
+        elif token != self._hub.token:
+            self._hub.wake(topic)
 
     def _on_terminated(self, _conn: Any) -> None:
         """The LISTEN connection died: reconnect on the next wait, and let every receiver
@@ -463,6 +488,9 @@ class SQLReceiver:
         self._writing: asyncio.Task[None] | None = None
         self._closed = False
         self._waiting = False
+        # the wake-up future taken before the last read, and whether that read was full
+        self._since: asyncio.Future[None] | None = None
+        self._full = False
 
     async def recv(self) -> tuple[Event, Ack]:
         """The next event of the topic and its ack. Waits (without polling delay for events
@@ -472,15 +500,23 @@ class SQLReceiver:
             if self._closed:
                 raise RuntimeError("receiver is closed; create a new one with new_receiver()")
             await streamer._listen()
-            woken = streamer._hub.waiter(self._topic)
-            joined = self._fetching is not None  # left by a cancelled recv: may predate woken
-            if self._fetching is None:
-                self._fetching = _task(self._fetch(), "reading", self._topic)
-            await asyncio.shield(self._fetching)
-            if self._buffer:
-                break
-            if joined:
-                continue
+            since, self._since = self._since, None
+            if since is not None and not since.done() and not self._full:
+                # The last read took every event committed before `since` was taken, and no
+                # send has woken it since: wait instead of reading again (an empty read).
+                woken = since
+            else:
+                woken = streamer._hub.waiter(self._topic)
+                joined = self._fetching is not None  # left by a cancelled recv: may predate woken
+                if self._fetching is None:
+                    self._fetching = _task(self._fetch(), "reading", self._topic)
+                await asyncio.shield(self._fetching)
+                if self._buffer:
+                    if not joined:
+                        self._since = woken
+                    break
+                if joined:
+                    continue
             if self._acked > self._written:
                 await self._flush()
             self._waiting = True
@@ -496,6 +532,7 @@ class SQLReceiver:
     async def _fetch(self) -> None:
         try:
             fetched = await self._streamer._fetch(self._topic, self._read)
+            self._full = len(fetched) >= self._streamer._batch
             if fetched and not self._closed:
                 self._buffer.extend(fetched)
                 self._read = fetched[-1].id
