@@ -446,8 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     print_table(["metric", "measured", "target"], report_rows(r))
     print(f"\nwhole script: {r.wall_s:.1f} s; load average before: {r.load_before}")
     if not args.no_write:
-        path = write_section(SECTION, markdown(r, mode, args.yield_every))
-        print(f"wrote the {SECTION!r} section of {path}")
+        title = SECTION if args.steps == 3 else f"{SECTION}, {args.steps} steps"
+        path = write_section(title, markdown(r, mode, args.yield_every))
+        print(f"wrote the {title!r} section of {path}")
     return 1 if args.check and not all(targets_met(r)) else 0
 
 

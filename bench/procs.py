@@ -134,9 +134,8 @@ async def _times(engine: AsyncEngine, prefix: str, steps: int) -> list[tuple[dat
         raise RuntimeError(f"{len(bad)} runs ended wrong, e.g. {bad[0]}")
 
     def aware(v: Any) -> datetime:
-        if isinstance(v, str):
-            v = datetime.fromisoformat(v)
-        return v.replace(tzinfo=UTC) if v.tzinfo is None else v
+        t: datetime = datetime.fromisoformat(v) if isinstance(v, str) else v
+        return t.replace(tzinfo=UTC) if t.tzinfo is None else t
 
     return [(aware(r.created_at), aware(r.updated_at)) for r in rows]
 

@@ -5,13 +5,16 @@
 Parts, in order (each writes its own ``##`` section of bench/RESULTS.md):
 
 - ``memory``: ``bench.memory`` (in-memory adapters: throughput, latency, peak RSS);
+- ``memory10``: the same with a 10-step workflow (its own section);
 - ``sql``: ``bench.sql`` (SQLite, and PostgreSQL when ``$WORKFLOW_TEST_POSTGRES_URL`` is set);
 - ``kafka``: when ``$WORKFLOW_TEST_KAFKA_BOOTSTRAP`` and a PostgreSQL URL are set, a small
   throughput / latency measurement of the same 3-step workflow on ``KafkaStreamer``
   (``fetch_max_wait_ms=10``) with ``SQLRecordStore`` and ``SQLRoleScheduler`` on PostgreSQL
   (section "Kafka + PostgreSQL");
 - ``rss``: ``bench.rss`` (memory growth of one long-lived worker);
-- ``peers``: ``bench.peers`` (DBOS beside this engine).
+- ``peers``: ``bench.peers`` (DBOS beside this engine);
+- ``procs``: ``bench.procs`` (1 and 2 worker processes, 3 and 10 steps, on SQLite, PostgreSQL
+  and Kafka + PostgreSQL).
 
 Then the "Machine and full run" section: the machine (cores, memory, the cost of a disk flush
 measured as the median of 200 ``fsync`` calls on a small file in the repository's directory),
@@ -63,10 +66,12 @@ FSYNCS = 200
 # Arguments of each part, full and quick (quick: small enough for a CI smoke run).
 ARGS: dict[str, tuple[list[str], list[str]]] = {
     "memory": ([], ["--quick"]),
+    "memory10": (["--steps", "10", "--runs", "6000"], ["--steps", "10", "--quick"]),
     "sql": ([], ["--quick", "--no-profile", "--runs", "100", "--latency-runs", "20"]),
     "kafka": ([], ["--quick"]),
     "rss": ([], ["--quick"]),
     "peers": ([], ["--quick"]),
+    "procs": ([], ["--quick", "--backends", "postgres"]),
 }
 NEEDS = {"kafka": ("WORKFLOW_TEST_KAFKA_BOOTSTRAP", "WORKFLOW_TEST_POSTGRES_URL")}
 
@@ -224,10 +229,12 @@ def _subprocess(module: str, *extra: str) -> Callable[[list[str]], int]:
 
 PARTS: dict[str, Callable[[list[str]], int]] = {
     "memory": _subprocess("bench.memory"),
+    "memory10": _subprocess("bench.memory"),
     "sql": _subprocess("bench.sql"),
     "kafka": _subprocess("bench.run", "--kafka-part"),
     "rss": _subprocess("bench.rss"),
     "peers": _subprocess("bench.peers"),
+    "procs": _subprocess("bench.procs"),
 }
 
 
