@@ -1,6 +1,7 @@
 """A worker process for the fault tests: the 3-step "load" workflow of ``tests.procs.worker``
 (same name, statuses and steps) with an ``on_complete`` hook that records each call in the
-table ``hook_calls(run_id)`` (the test creates it), on the SQL streamer or on Kafka.
+table ``hook_calls(run_id)`` (the test creates it), on the SQL streamer (the store appending
+each event itself: ``SQLRecordStore(streamer=...)``) or on Kafka (the outbox relay).
 
     python -m tests.faults.procs_worker --url URL [--schema S] [--lease 1.0] [--parallel 1]
         [--kafka HOST:PORT --namespace NS] [--pre-ping] [--wait-go]
@@ -83,9 +84,12 @@ def build(
     else:
         streamer = SQLStreamer(engine, poll_frequency=0.2)
     roles = SQLRoleScheduler(engine, lease=timedelta(seconds=lease))
+    # On the SQL streamer each store appends its event itself (the recommended set-up); on
+    # Kafka events go through the outbox relay.
+    store = SQLRecordStore(engine, streamer=None if kafka else streamer)
     wf = b.build(
         streamer,
-        SQLRecordStore(engine),
+        store,
         roles,
         metrics_registry=registry,
         default_options={"err_backoff": 0.05, "polling_frequency": 0.2, "concurrency": 16},
