@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._common import (
     command_line,
+    cpu_ticks,
     fmt_int,
     load_average,
     machine_facts_markdown,
@@ -70,6 +71,7 @@ class Result:
     worker_cpu_ms: float  # per transition, all workers
     producer_cpu_ms: float  # per run, this process (trigger)
     peak_rss_mib: float  # the largest worker's
+    machine_busy: float | None  # share of the machine's CPU time busy during the run
 
 
 def _cpu_s(pid: int) -> float:
@@ -157,10 +159,15 @@ async def measure(
         await _wait_done(engine, "w-", WARMUP, 120)
         cpu0 = [_cpu_s(p.pid) for p in procs]
         own0 = time.process_time()
+        ticks0 = cpu_ticks()
         t0 = datetime.now(UTC)
         await _trigger(wf, "m-", n)
         own = time.process_time() - own0
         await _wait_done(engine, "m-", n, 600)
+        ticks1 = cpu_ticks()
+        busy = None
+        if ticks0 and ticks1 and ticks1[1] > ticks0[1]:
+            busy = (ticks1[0] - ticks0[0]) / (ticks1[1] - ticks0[1])
         cpu = sum(_cpu_s(p.pid) for p in procs) - sum(cpu0)
         rss = max(_hwm_mib(p.pid) for p in procs)
         times = await _times(engine, "m-", steps)
@@ -177,6 +184,7 @@ async def measure(
             cpu * 1000 / (n * steps),
             own * 1000 / n,
             rss,
+            busy,
         )
     finally:
         for p in procs:
@@ -241,6 +249,7 @@ def rows(results: list[Result]) -> list[list[str]]:
             f"{r.worker_cpu_ms:.2f} ms",
             f"{r.producer_cpu_ms:.2f} ms",
             f"{r.peak_rss_mib:.0f} MiB",
+            "?" if r.machine_busy is None else f"{r.machine_busy:.0%}",
         ]
         for r in results
     ]
@@ -256,6 +265,7 @@ HEADERS = [
     "worker CPU per transition",
     "trigger CPU per run",
     "peak RSS (largest worker)",
+    "machine CPUs busy",
 ]
 
 
@@ -291,7 +301,12 @@ def main(argv: list[str] | None = None) -> int:
             "the number of workers (the role scheduler spreads the shards over the workers) "
             "and `concurrency=16`. SQL streamer: the store appends the events itself "
             "(`SQLRecordStore(streamer=...)`); Kafka: the outbox relay. The machine has 2 "
-            "cores shared by the workers, the trigger process and the database server.",
+            "cores shared by the workers, the trigger process, the database server (and the "
+            "broker): *machine CPUs busy* (from `/proc/stat`) shows when they are all used, "
+            "and then a second worker process can only add contention. Two workers also "
+            "double the work of reading: each of a step's `parallel_count` shard consumers "
+            "reads every event of the step's topic and skips those of other shards (luno's "
+            "design).",
         ]
     )
     write_section(SECTION, md)
