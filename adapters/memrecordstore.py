@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 from collections.abc import Sequence
 
 from workflow import (
@@ -10,6 +11,7 @@ from workflow import (
     OutboxEvent,
     Record,
     RecordNotFoundError,
+    RunState,
     WorkflowInProgressError,
 )
 from workflow._adapters import Filter, Order, matches
@@ -64,7 +66,11 @@ class MemRecordStore:
                 f"{record.meta.version} is stale. Read the run again"
             )
         self._records[record.run_id] = record
-        self._history[record.run_id].append(record)
+        history = self._history[record.run_id]
+        if record.run_state is RunState.DATA_DELETED:
+            # a run's personal data must not survive its deletion in the history
+            history[:] = [dataclasses.replace(h, object=record.object) for h in history]
+        history.append(record)
         event = make_outbox_event(record)
         self._outbox.setdefault(record.workflow_name, {})[event.id] = event
         self._outbox_owner[event.id] = record.workflow_name

@@ -91,6 +91,12 @@ _INSERT_HISTORY = Statement(
     VALUES (:run_id, :version, :run_state, :status, :object, :updated_at,
             :run_state_reason, :status_description)"""
 )
+_SCRUB_HISTORY = Statement(
+    """UPDATE workflow_record_history SET object = :object
+    WHERE run_id = :run_id AND version < :version"""
+)
+"""On the DATA_DELETED write: every earlier version's object is replaced by the deleted one
+(a run's personal data must not survive its deletion in the history)."""
 _INSERT_OUTBOX = Statement(
     """INSERT INTO workflow_outbox (event_id, workflow_name, data, created_at)
     VALUES (:event_id, :workflow_name, :data, :created_at)"""
@@ -125,6 +131,10 @@ _PG_HISTORY = """
     SELECT run_id, CAST(:version AS INTEGER), CAST(:run_state AS SMALLINT),
            CAST(:status AS INTEGER), CAST(:object AS JSONB), CAST(:updated_at AS TIMESTAMPTZ),
            CAST(:run_state_reason AS TEXT), CAST(:status_description AS TEXT) FROM r"""
+_PG_SCRUB = """
+), s AS (
+    UPDATE workflow_record_history SET object = CAST(:object AS JSONB)
+    WHERE run_id = (SELECT run_id FROM r) AND version < CAST(:version AS INTEGER)"""
 _PG_OUTBOX = """
 ), o AS (
     INSERT INTO workflow_outbox (event_id, workflow_name, data, created_at)
@@ -160,6 +170,15 @@ _PG_INSERT = Statement(_PG_INSERT_HEAD.format(**_NO_GATE) + _PG_HISTORY + _PG_OU
 _PG_UPDATE_DIRECT = Statement(
     _PG_LOCK + _PG_UPDATE_HEAD.format(**_GATE).removeprefix("WITH ") + _PG_HISTORY + _PG_EVENT
 )
+# The DATA_DELETED write (an update, never a first version) also scrubs the history.
+_PG_DELETE = Statement(_PG_UPDATE_HEAD.format(**_NO_GATE) + _PG_HISTORY + _PG_SCRUB + _PG_OUTBOX)
+_PG_DELETE_DIRECT = Statement(
+    _PG_LOCK
+    + _PG_UPDATE_HEAD.format(**_GATE).removeprefix("WITH ")
+    + _PG_HISTORY
+    + _PG_SCRUB
+    + _PG_EVENT
+)
 _PG_INSERT_DIRECT = Statement(
     _PG_LOCK + _PG_INSERT_HEAD.format(**_GATE).removeprefix("WITH ") + _PG_HISTORY + _PG_EVENT
 )
@@ -181,6 +200,9 @@ def _store_sqlite(
             return 0
     note(_INSERT_HISTORY.sqlite)
     conn.execute(_INSERT_HISTORY.sqlite, params)
+    if params["run_state"] == RunState.DATA_DELETED:
+        note(_SCRUB_HISTORY.sqlite)
+        conn.execute(_SCRUB_HISTORY.sqlite, params)
     note(tail.sqlite)
     conn.execute(tail.sqlite, params)
     return 1
@@ -297,6 +319,8 @@ class SQLRecordStore:
             try:
                 if pg:  # one autocommit statement
                     stmt = _PG_INSERT if version == 1 else _PG_UPDATE
+                    if version > 1 and record.run_state is RunState.DATA_DELETED:
+                        stmt = _PG_DELETE
                     written = int(await fetchval(self.engine, stmt, params))
                 else:
                     written = await sqlite_write(
@@ -322,6 +346,8 @@ class SQLRecordStore:
                     payload=streamer.notify_payload(tp),
                 )
                 stmt = _PG_INSERT_DIRECT if version == 1 else _PG_UPDATE_DIRECT
+                if version > 1 and record.run_state is RunState.DATA_DELETED:
+                    stmt = _PG_DELETE_DIRECT
                 written = int(await fetchval(self.engine, stmt, params))
             else:
                 written = await sqlite_write(

@@ -258,6 +258,15 @@ class _KeyErrorLookup(MemRecordStore):
         return self._records[run_id]
 
 
+class _KeepsDeletedData(MemRecordStore):
+    """Keeps every version as written (luno's stores did): deleted data survives."""
+
+    async def store(self, record: Record) -> None:
+        kept = list(self._history.get(record.run_id, []))
+        await super().store(record)
+        self._history[record.run_id][: len(kept)] = kept
+
+
 @pytest.mark.parametrize(
     ("store", "message"),
     [
@@ -267,6 +276,7 @@ class _KeyErrorLookup(MemRecordStore):
         (_TwoRunsAtOnce, "a second run of a foreign id whose run is unfinished"),
         (_OutboxNewestFirst, "outbox rows are not oldest first"),
         (_KeyErrorLookup, "unexpected KeyError"),
+        (_KeepsDeletedData, "deleted data must not survive in the history"),
     ],
 )
 async def test_broken_record_store_fails(store: type[MemRecordStore], message: str) -> None:

@@ -165,6 +165,12 @@ async def test_hooks_pause_resume_cancel_and_delete(backend: Backend) -> None:
         record = await wf.store.lookup(rid)
         assert record.run_state is RunState.DATA_DELETED
         assert Obj.model_validate_json(record.object) == Obj(note="redacted")
+        # nothing of the object survives in any stored version either
+        history = await wf.store.history(rid)  # type: ignore[attr-defined]
+        assert len(history) == record.meta.version
+        assert [Obj.model_validate_json(r.object) for r in history] == [Obj(note="redacted")] * len(
+            history
+        )
     assert calls["flaky"] == 3
 
 

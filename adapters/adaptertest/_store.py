@@ -390,10 +390,38 @@ async def _list_created(factory: RecordStoreFactory) -> None:
     await _count(store, ids[3:5], "created_after and created_before", *window)
 
 
+async def _deletion_erases_history(factory: RecordStoreFactory) -> None:
+    store = await resolve(factory())
+    v1 = _record()
+    await store.store(v1)
+    v2 = _next(v1, RunState.RUNNING, 2)
+    await store.store(v2)
+    v3 = _next(v2, RunState.REQUESTED_DATA_DELETED, 2)
+    await store.store(v3)
+    v4 = replace(_next(v3, RunState.DATA_DELETED, 2), object=b'{"result":"deleted"}')
+    await store.store(v4)
+    _same(await store.lookup(v1.run_id), v4, "lookup after the DATA_DELETED write")
+    history = getattr(store, "history", None)
+    if history is None:
+        return  # a store without history keeps only the current version
+    versions = await history(v1.run_id)
+    check(
+        [r.meta.version for r in versions] == [1, 2, 3, 4],
+        f"history after deletion has versions {[r.meta.version for r in versions]}",
+    )
+    kept = [r.meta.version for r in versions if json.loads(r.object) != {"result": "deleted"}]
+    check(
+        not kept,
+        f"after the DATA_DELETED write, versions {kept} of the history still hold the run's "
+        "object: deleted data must not survive in the history",
+    )
+
+
 async def run_record_store_test(factory: RecordStoreFactory) -> None:
     """Check a :class:`~workflow.RecordStore`: round trips, latest, compare-and-set on
     ``meta.version``, one unfinished run per foreign id, not-found errors, the transactional
-    outbox, and listing (paging, order, workflow name, every filter)."""
+    outbox, listing (paging, order, workflow name, every filter), and that the DATA_DELETED
+    write leaves no earlier version's object in the history."""
     await run_checks(
         "record store",
         [
@@ -405,5 +433,6 @@ async def run_record_store_test(factory: RecordStoreFactory) -> None:
             ("list paging and order", lambda: _list_paging(factory)),
             ("list filters", lambda: _list_filters(factory)),
             ("list created_at filters", lambda: _list_created(factory)),
+            ("deletion erases the history", lambda: _deletion_erases_history(factory)),
         ],
     )
