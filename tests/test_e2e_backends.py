@@ -224,3 +224,27 @@ async def test_a_new_process_continues_where_the_last_stopped(backend: Backend) 
     async with second:
         run = await second.await_("r", rid, Status.DONE, timeout=10)
     assert run.object.count == 1 and run.meta.version == 3
+
+
+async def test_a_hook_sees_the_version_its_event_announced(backend: Backend) -> None:
+    """luno bug 20: a hook got the run as it was when the hook ran. Here the run is paused
+    and resumed before any hook consumer runs; the pause hook must still see it paused."""
+    seen: list[tuple[RunState, int]] = []
+    done = asyncio.Event()
+
+    async def on_pause(record: TypedRecord[Obj, Status]) -> None:
+        seen.append((record.run_state, record.meta.version))
+        done.set()
+
+    b = Builder[Obj, Status]("versions")
+    b.add_step(Status.MIDDLE, finish, Status.DONE)
+    b.on_pause(on_pause)
+    wf = backend.build(b, pause_retry=None)
+    rid = await wf.trigger("v", start_at=Status.MIDDLE)
+    await wf.pause(rid, "hold on")
+    await wf.resume(rid)
+    assert (await wf.store.lookup(rid)).meta.version == 3
+    async with wf:
+        await asyncio.wait_for(done.wait(), 10)
+        await wf.await_("v", rid, Status.DONE, timeout=10)
+    assert seen == [(RunState.PAUSED, 2)]

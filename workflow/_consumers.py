@@ -8,7 +8,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import _timeouts
 from ._adapters import EventSender
@@ -288,6 +288,7 @@ def _hook_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
             except RecordNotFoundError:
                 proc.skip("record not found")
                 return
+            record = await _version_of_event(wf, record, event)
             try:
                 run = wf.new_run(record)
             except ValueError:
@@ -299,6 +300,24 @@ def _hook_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
         yield _event_consumer(
             wf, name, run_state_change_topic(wf.name), handle, accept=_run_state_is(state)
         )
+
+
+async def _version_of_event(wf: Workflow[Any, Any], record: Record, event: Event) -> Record:
+    """The version of the run that ``event`` announced (luno bug 20: its hooks got the run as
+    it was when the hook ran, e.g. a pause hook saw the run already resumed). Taken from the
+    store's history when the run has moved on since; a store without ``history`` gives the
+    current version."""
+    try:
+        version = int(event.headers.get(Header.RECORD_VERSION) or 0)
+    except ValueError:
+        return record
+    history = getattr(wf.store, "history", None)
+    if version <= 0 or record.meta.version == version or history is None:
+        return record
+    for r in await history(record.run_id):
+        if r.meta.version == version:
+            return cast(Record, r)
+    return record
 
 
 def _delete_process(wf: Workflow[Any, Any]) -> Process:
