@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -144,3 +145,55 @@ async def test_logs_carry_run_context(
     assert any("paused run" in r.getMessage() for r in records)
     # debug lines only appear with debug=True
     assert not any(r.levelno == logging.DEBUG for r in records)
+
+
+async def test_a_failing_role_scheduler_is_logged_once_then_recovery(
+    clock: FakeClock, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database outage fails every role request of every process: one traceback per
+    process, not one per attempt, and a line when it works again."""
+    from adapters.memrecordstore import MemRecordStore
+    from adapters.memrolescheduler import MemRoleScheduler
+    from adapters.memstreamer import MemStreamer
+
+    many_failed = asyncio.Event()
+
+    class Outage(MemRoleScheduler):
+        failing = True
+        attempts = 0
+
+        async def await_role(self, role: str):  # type: ignore[no-untyped-def]
+            if self.failing:
+                self.attempts += 1
+                if self.attempts >= 50:
+                    many_failed.set()
+                raise ConnectionError("database is down")
+            return await super().await_role(role)
+
+    roles = Outage()
+    b = Builder[Obj, Status]("outage")
+    b.add_step(Status.STARTED, done, Status.DONE).with_options(err_backoff=0)
+    wf = b.build(
+        MemStreamer(clock),
+        MemRecordStore(),
+        roles,
+        clock=clock,
+        metrics_registry=registry,
+        pause_retry=None,
+        logger=logging.getLogger("test.outage"),
+    )
+    with caplog.at_level(logging.INFO, logger="test.outage"):
+        async with wf:
+            await asyncio.wait_for(many_failed.wait(), 5)  # err_backoff=0: no clock to step
+            roles.failing = False
+            clock.step(timedelta(minutes=1))  # the processes backing off on the clock retry
+            rid = await wf.trigger("after")
+            await wf.await_("after", rid, Status.DONE, timeout=5)
+    lines = [r for r in caplog.records if r.name == "test.outage"]
+    errors = [r for r in lines if "role scheduler" in r.getMessage() and r.levelno >= logging.ERROR]
+    processes = [r.workflow_context["process"] for r in errors]  # type: ignore[attr-defined]
+    assert roles.attempts >= 50
+    assert sorted(processes) == sorted(set(processes)), processes  # one line per process
+    assert all(r.exc_info is not None for r in errors)  # ... with its traceback
+    recovered = [r for r in lines if "role scheduler recovered after" in r.getMessage()]
+    assert len(recovered) == len(processes)

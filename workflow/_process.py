@@ -114,18 +114,40 @@ class Process:
 
     async def _supervise(self) -> None:
         wf = self.wf
+        failures = 0  # consecutive role scheduler errors
+        logged_at = 0.0
         try:
             while not self.stopping:
                 self.set_state(State.IDLE)
                 try:
                     lease = await wf.roles.await_role(self.role)
-                except Exception:
-                    wf.log.error(
-                        "role scheduler error", exc=True, role=self.role, process=self.name
-                    )
+                except Exception as err:
+                    # An outage fails every attempt: the first one is logged with its
+                    # traceback, then one line every ROLE_ERROR_LOG_EVERY seconds.
+                    failures += 1
+                    now = time.monotonic()
+                    if failures == 1:
+                        wf.log.error(
+                            "role scheduler error", exc=True, role=self.role, process=self.name
+                        )
+                        logged_at = now
+                    elif now - logged_at >= ROLE_ERROR_LOG_EVERY:
+                        wf.log.error(
+                            f"role scheduler still failing ({failures} attempts): {err!r}",
+                            role=self.role,
+                            process=self.name,
+                        )
+                        logged_at = now
                     self.errors.inc()
                     await self._backoff()
                     continue
+                if failures:
+                    wf.log.info(
+                        f"role scheduler recovered after {failures} failed attempts",
+                        role=self.role,
+                        process=self.name,
+                    )
+                    failures = 0
                 error: BaseException | None = None
                 finished = False
                 body = asyncio.create_task(self.body(self))
@@ -160,6 +182,9 @@ class Process:
 
     async def _backoff(self) -> None:
         clock = self.wf.clock
+        if self.err_backoff <= timedelta(0):
+            await asyncio.sleep(0)  # no backoff still lets the event loop run (no busy loop)
+            return
         await clock.sleep_until(clock.now() + self.err_backoff)
 
     async def stop(self, deadline: float) -> None:
@@ -181,6 +206,9 @@ class Process:
 
 
 X = TypeVar("X")
+
+ROLE_ERROR_LOG_EVERY = 30.0
+"""Seconds between two log lines of a role scheduler that keeps failing (an outage)."""
 
 
 async def consume(
