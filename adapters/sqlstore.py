@@ -309,54 +309,46 @@ class SQLRecordStore:
             )
         event = make_outbox_event(record)
         streamer = self._streamer
-        if streamer is None:
+        tp = ""
+        if streamer is None:  # an outbox row, for the relay
             params.update(
                 event_id=event.id,
                 workflow_name=record.workflow_name,
                 data=event.data,
                 created_at=db_time(event.created_at, pg),
             )
-            try:
-                if pg:  # one autocommit statement
-                    stmt = _PG_INSERT if version == 1 else _PG_UPDATE
-                    if version > 1 and record.run_state is RunState.DATA_DELETED:
-                        stmt = _PG_DELETE
-                    written = int(await fetchval(self.engine, stmt, params))
-                else:
-                    written = await sqlite_write(
-                        self.engine, partial(_store_sqlite, params, version, _INSERT_OUTBOX)
-                    )
-            except Exception as err:
-                raise self._refused(err, record) if _unique_violation(err) else err from None
-            if written != 1:
-                raise _stale(record)
-            return
-        _, _, headers = event.parts()
-        tp = headers[Header.TOPIC]
-        params.update(
-            topic=tp,
-            headers=json.dumps(headers, separators=(",", ":"), ensure_ascii=False),
-            created_at=db_time(streamer.now(), pg),
-        )
+            insert, update, delete = _PG_INSERT, _PG_UPDATE, _PG_DELETE
+            tail = _INSERT_OUTBOX
+        else:  # the event itself, in the streamer's table
+            _, _, headers = event.parts()
+            tp = headers[Header.TOPIC]
+            params.update(
+                topic=tp,
+                headers=json.dumps(headers, separators=(",", ":"), ensure_ascii=False),
+                created_at=db_time(streamer.now(), pg),
+                namespace=LOCK_NAMESPACE,
+                channel=streamer.channel,
+                payload=streamer.notify_payload(tp),
+            )
+            insert, update, delete = _PG_INSERT_DIRECT, _PG_UPDATE_DIRECT, _PG_DELETE_DIRECT
+            tail = _INSERT_EVENT
         try:
-            if pg:  # one autocommit statement, the topic's lock first
-                params.update(
-                    namespace=LOCK_NAMESPACE,
-                    channel=streamer.channel,
-                    payload=streamer.notify_payload(tp),
-                )
-                stmt = _PG_INSERT_DIRECT if version == 1 else _PG_UPDATE_DIRECT
-                if version > 1 and record.run_state is RunState.DATA_DELETED:
-                    stmt = _PG_DELETE_DIRECT
+            if pg:  # one autocommit statement (direct: the topic's lock first)
+                stmt = update
+                if version == 1:
+                    stmt = insert
+                elif record.run_state is RunState.DATA_DELETED:
+                    stmt = delete
                 written = int(await fetchval(self.engine, stmt, params))
             else:
                 written = await sqlite_write(
-                    self.engine, partial(_store_sqlite, params, version, _INSERT_EVENT)
+                    self.engine, partial(_store_sqlite, params, version, tail)
                 )
         except Exception as err:
             raise self._refused(err, record) if _unique_violation(err) else err from None
         finally:
-            await streamer.published(tp, 1)  # after a failure: one spurious wake-up
+            if streamer is not None:
+                await streamer.published(tp, 1)  # after a failure: one spurious wake-up
         if written != 1:
             raise _stale(record)
 
