@@ -19,7 +19,7 @@ from ._errors import (
     WorkflowError,
     WorkflowInProgressError,
 )
-from ._options import ProcessOptions
+from ._options import ProcessOptions, timeout_seconds
 from ._options import resolved as _opt
 from ._process import Process, consume, event_foreign_id, event_time
 from ._record import (
@@ -216,9 +216,11 @@ def _step_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
         n = _opt(opts, "parallel_count")
         label = wf.status_type(status).name.lower()
 
-        def step(fn: Callable[..., Any]) -> Callable[[Process, Run[Any, Any]], Awaitable[None]]:
+        def step(
+            fn: Callable[..., Any], timeout: float | None
+        ) -> Callable[[Process, Run[Any, Any]], Awaitable[None]]:
             async def work(proc: Process, run: Run[Any, Any]) -> None:
-                result = await call_user(fn, run)
+                result = await call_user(fn, run, timeout=timeout)
                 if not await wf.apply(run.record, run, result):
                     proc.skip("next value specified skip")
 
@@ -231,7 +233,7 @@ def _step_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
                 f"{label}-consumer-{i}-of-{n}",
                 _role(wf, f"{status}-consumer-{i}-of-{n}"),
                 opts,
-                step(cfg.fn),
+                step(cfg.fn, timeout_seconds(opts)),
                 shard=(i - 1, n) if n > 1 else None,
             )
 

@@ -13,6 +13,8 @@ Every error the engine raises on purpose derives from :class:`WorkflowError`::
     │   ├── UnableToCancelError
     │   └── UnableToDeleteError
     ├── RunFinishedError             await_ on a run that finished at another status
+    ├── StepInterruptedError         user code raised a BaseException that is not an Exception
+    ├── StepTimeoutError             user code ran longer than its step_timeout
     └── NonRetryableError            raised by user code: pause the run at once
 
 Malformed arguments raise :class:`ValueError` (pydantic's ``ValidationError`` is one).
@@ -28,6 +30,8 @@ __all__ = [
     "RecordNotFoundError",
     "RunFinishedError",
     "RunStateError",
+    "StepInterruptedError",
+    "StepTimeoutError",
     "UnableToCancelError",
     "UnableToDeleteError",
     "UnableToPauseError",
@@ -97,6 +101,29 @@ class UnableToDeleteError(RunStateError):
 
 class RunFinishedError(WorkflowError):
     """``await_`` waited for a status the run can no longer reach: it finished elsewhere."""
+
+
+class StepInterruptedError(WorkflowError):
+    """A step, callback, timer, timeout, hook or connector function raised a
+    ``BaseException`` that is not an ``Exception``: a ``CancelledError`` the engine did not
+    request, ``GeneratorExit``, or a ``BaseException`` subclass of your own.
+
+    It is a step error like any other: logged, counted, retried after the backoff and paused
+    by ``pause_after_err_count``. Raise an ``Exception`` subclass to report a failure.
+    """
+
+    retriable = True
+
+
+class StepTimeoutError(WorkflowError):
+    """A user function ran longer than its ``step_timeout`` option and was abandoned.
+
+    An ``async def`` was cancelled; a plain ``def`` keeps running on its (daemon) thread and
+    its result is discarded. Counted as a step error. Make the function faster or raise the
+    ``step_timeout`` option.
+    """
+
+    retriable = True
 
 
 class NonRetryableError(WorkflowError):

@@ -8,7 +8,14 @@ from typing import Any
 
 from ._clock import as_timedelta
 
-__all__ = ["DEFAULT_OPTIONS", "OutboxOptions", "ProcessOptions", "make_options", "resolved"]
+__all__ = [
+    "DEFAULT_OPTIONS",
+    "OutboxOptions",
+    "ProcessOptions",
+    "make_options",
+    "resolved",
+    "timeout_seconds",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +33,7 @@ class ProcessOptions:
     lag_alert: timedelta | None = None
     pause_after_err_count: int | None = None
     concurrency: int | None = None
+    step_timeout: timedelta | None = None
 
     def over(self, base: ProcessOptions) -> ProcessOptions:
         """These options with every unset field taken from ``base``."""
@@ -48,9 +56,10 @@ DEFAULT_OPTIONS = ProcessOptions(
     lag_alert=timedelta(minutes=30),
     pause_after_err_count=0,
     concurrency=1,
+    step_timeout=timedelta(0),
 )
 
-_DURATIONS = ("polling_frequency", "err_backoff", "lag", "lag_alert")
+_DURATIONS = ("polling_frequency", "err_backoff", "lag", "lag_alert", "step_timeout")
 _COUNTS = ("parallel_count", "pause_after_err_count", "concurrency")
 
 
@@ -83,6 +92,12 @@ def make_options(**options: Any) -> ProcessOptions:
         assert DEFAULT_OPTIONS.lag_alert is not None
         values["lag_alert"] = DEFAULT_OPTIONS.lag_alert + values["lag"]
     return ProcessOptions(**values)
+
+
+def timeout_seconds(options: ProcessOptions) -> float | None:
+    """``step_timeout`` in seconds, or None when it is off (zero)."""
+    t = resolved(options, "step_timeout")
+    return t.total_seconds() if t > timedelta(0) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 import zlib
 from collections import deque
@@ -12,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ._adapters import Ack
+from ._errors import StepInterruptedError
 from ._record import Event, Header
 from ._runstate import State
 
@@ -25,6 +27,7 @@ __all__ = [
     "consume",
     "event_foreign_id",
     "event_time",
+    "inside",
     "shard_of",
 ]
 
@@ -58,6 +61,10 @@ class MemErrorCounter:
 
     def __len__(self) -> int:
         return len(self._counts)
+
+
+inside: contextvars.ContextVar[Any] = contextvars.ContextVar("workflow_inside", default=None)
+"""The workflow whose background process runs the current task (None outside of them)."""
 
 
 def shard_of(key: str, shards: int) -> int:
@@ -114,6 +121,7 @@ class Process:
 
     async def _supervise(self) -> None:
         wf = self.wf
+        inside.set(wf)  # seen by every task this process starts (user code included)
         failures = 0  # consecutive role scheduler errors
         logged_at = 0.0
         try:
@@ -161,7 +169,14 @@ class Process:
                         body.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await body
-                    elif not body.cancelled():
+                    elif body.cancelled():
+                        # Nobody here cancelled it (a stop or a lost role cancels it above):
+                        # user code cancelled its own task. An error like any other.
+                        error = StepInterruptedError(
+                            f"process {self.name} was cancelled from inside (user code "
+                            "cancelled its own task); restarting it after the backoff"
+                        )
+                    else:
                         error = body.exception()
                         finished = error is None
                     await lease.release()

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ._errors import RecordNotFoundError
-from ._options import ProcessOptions
+from ._options import ProcessOptions, timeout_seconds
 from ._options import resolved as _opt
 from ._process import Process
 from ._record import TimeoutRecord
@@ -51,7 +51,7 @@ def _inserter(
     async def arm(proc: Process, run: Run[Any, Any]) -> None:
         now = wf.clock.now()
         for index, (timer_fn, _) in enumerate(cfg.pairs):
-            expire_at = await call_user(timer_fn, run, now)
+            expire_at = await call_user(timer_fn, run, now, timeout=timeout_seconds(opts))
             if expire_at is None:
                 continue
             if not isinstance(expire_at, datetime) or expire_at.tzinfo is None:
@@ -78,6 +78,7 @@ def _poller(
     clock = wf.clock
     role = _role(wf, status, "timeout-consumer")
     pause_after = _opt(opts, "pause_after_err_count")
+    limit = timeout_seconds(opts)
     backoff = _opt(opts, "err_backoff")
     poll = _opt(opts, "polling_frequency").total_seconds()
     signal = wf.signals.timeout_event(wf.name)
@@ -102,7 +103,7 @@ def _poller(
         outcome: list[bool] = []
 
         async def work(run: Run[Any, Any]) -> None:
-            result = await call_user(timeout_fn, run, clock.now())
+            result = await call_user(timeout_fn, run, clock.now(), timeout=limit)
             if not await wf.apply(record, run, result):
                 proc.skip("next value specified skip")
             outcome.append(True)

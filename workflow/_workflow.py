@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import functools
-import inspect
 import json
 import os
 import re
@@ -13,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from contextvars import Context
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -36,11 +35,12 @@ from ._errors import (
 from ._log import RunLog
 from ._metrics import metrics_for
 from ._options import DEFAULT_OPTIONS, OutboxOptions, ProcessOptions
-from ._process import ErrorCounter, MemErrorCounter, Process
+from ._process import ErrorCounter, MemErrorCounter, Process, inside
 from ._record import Meta, Record
 from ._run import SAVE_AND_REPEAT, SKIP, Run, RunStateChange
 from ._runstate import RunState, State, can_move
 from ._signals import signals_for
+from ._usercode import call_user
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -54,27 +54,6 @@ S = TypeVar("S", bound=enum.IntEnum)
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 _CONTROL_ATTEMPTS = 8
-
-
-@functools.lru_cache(maxsize=4096)
-def _is_async(fn: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
-    )
-
-
-async def call_user(fn: Callable[..., Any], *args: Any) -> Any:
-    """Call a user function: ``async def`` is awaited, a plain function runs in a thread."""
-    try:
-        is_async = _is_async(fn)
-    except TypeError:  # unhashable callable
-        is_async = _is_async.__wrapped__(fn)
-    if is_async:
-        return await fn(*args)
-    result = await asyncio.to_thread(fn, *args)
-    if inspect.isawaitable(result) and not isinstance(result, RunStateChange):
-        return await result
-    return result
 
 
 def _trace_origin() -> str:
@@ -153,6 +132,7 @@ class Workflow(Generic[T, S]):
         self._schedules: dict[str, _Schedule] = {}
         self._running = False
         self._stopping = False
+        self._stop_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -318,7 +298,32 @@ class Workflow(Generic[T, S]):
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop every process: events in hand get up to ``grace`` seconds, then are cancelled
-        (unacknowledged, so they are handled again after a restart)."""
+        (unacknowledged, so they are handled again after a restart).
+
+        Called from this workflow's own step, callback, timeout, hook or connector, it
+        returns at once and the stop completes after the calling function has returned (its
+        result is stored as usual): waiting here would wait for the caller itself.
+        """
+        if inside.get() is self:
+            if self._running and self._stop_task is None:
+                self._stopping = True  # consumers take no further event from here on
+                self._stop_task = asyncio.get_running_loop().create_task(
+                    self._stop(grace), name=f"workflow:{self.name}:stop", context=Context()
+                )
+            return
+        task = self._stop_task
+        if task is not None:
+            await asyncio.shield(task)
+        await self._stop(grace)
+
+    async def _stop(self, grace: float) -> None:
+        try:
+            await self._stop_processes(grace)
+        finally:
+            if self._stop_task is asyncio.current_task():
+                self._stop_task = None
+
+    async def _stop_processes(self, grace: float) -> None:
         async with self._lock:
             if not self._running:
                 return
