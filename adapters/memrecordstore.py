@@ -142,6 +142,11 @@ class MemRecordStore:
             if wf is not None:
                 self._outbox[wf].pop(id, None)
 
+    async def versions(self, run_ids: Sequence[str]) -> dict[str, int]:
+        """The current version of each existing run among ``run_ids``."""
+        records = self._records
+        return {r: records[r].meta.version for r in run_ids if r in records}
+
     async def history(self, run_id: str) -> builtins.list[Record]:
         """Every stored version of the run, oldest first."""
         try:

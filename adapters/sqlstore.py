@@ -432,6 +432,19 @@ class SQLRecordStore:
             rows = (await conn.execute(query)).all()
         return [_record(r) for r in rows]
 
+    async def versions(self, run_ids: Sequence[str]) -> dict[str, int]:
+        """The current version of each existing run among ``run_ids`` (one statement per
+        ``_VERSIONS_CHUNK`` ids)."""
+        out: dict[str, int] = {}
+        ids = [r for r in run_ids if "\x00" not in r]
+        async with reading(self.engine) as conn:
+            for i in range(0, len(ids), _VERSIONS_CHUNK):
+                query = sa.select(records.c.run_id, records.c.version).where(
+                    records.c.run_id.in_(ids[i : i + _VERSIONS_CHUNK])
+                )
+                out.update((row[0], row[1]) for row in await conn.execute(query))
+        return out
+
     async def history(self, run_id: str) -> builtins.list[Record]:
         """Every stored version of the run, oldest first."""
         if "\x00" in run_id:
@@ -486,6 +499,10 @@ class SQLRecordStore:
             return
         async with self.engine.begin() as conn:
             await conn.execute(outbox.delete().where(outbox.c.event_id.in_(builtins.list(ids))))
+
+
+_VERSIONS_CHUNK = 500
+"""Run ids per ``versions`` statement (well under SQLite's bound parameter limit)."""
 
 
 def _condition(f: Filter, workflow_name: str) -> Any:

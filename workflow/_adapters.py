@@ -27,6 +27,7 @@ __all__ = [
     "Order",
     "RecordStore",
     "RoleScheduler",
+    "RunVersions",
     "TimeoutStore",
     "matches",
 ]
@@ -126,6 +127,19 @@ def matches(record: Record, filters: Sequence[Filter]) -> bool:
         elif f.kind == "created_before" and (f.time is None or not record.created_at < f.time):
             return False
     return True
+
+
+@runtime_checkable
+class RunVersions(Protocol):
+    """Optional capability of a record store: the current version of many runs in one read.
+
+    ``await_`` uses it to follow runs written by other processes with one query per poll for
+    all its waiters, instead of a lookup per waiter.
+    """
+
+    async def versions(self, run_ids: Sequence[str]) -> dict[str, int]:
+        """``{run_id: version}`` of the runs that exist among ``run_ids``."""
+        ...
 
 
 @runtime_checkable

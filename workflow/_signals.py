@@ -3,36 +3,55 @@
 A write through one ``Workflow`` wakes the outbox relay, ``await_`` callers and timeout
 pollers of every ``Workflow`` in this process that share the store object. Other processes
 are reached through the adapters (polling fallback, or the adapter's own notifications).
+
+``await_`` callers cost nothing while nothing happens: each waits on a future that the
+writes of this process resolve. Writes by other processes (or through another store object)
+are found by one watcher task per store, which polls the versions of every watched run in
+one batched read (:class:`RunVersions`) while anybody waits, and pushes the runs that moved.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import weakref
 from typing import Any
 
+from ._errors import RecordNotFoundError
 from ._record import Record
+
+_log = logging.getLogger("workflow")
 
 __all__ = ["Signals", "signals_for"]
 
 
 class RunWatch:
-    """Collects every version of one run written in this process while it is open."""
+    """Collects every version of one run written while it is open: by this process as it is
+    written, by others when the store's watcher sees them."""
 
-    __slots__ = ("_fut", "records")
+    __slots__ = ("_fut", "poll", "records", "version")
 
-    def __init__(self) -> None:
+    def __init__(self, poll: float) -> None:
         self.records: list[Record] = []
+        self.version = 0  # the newest version known to this watch
+        self.poll = poll
         self._fut: asyncio.Future[None] | None = None
 
     def push(self, record: Record) -> None:
         self.records.append(record)
+        if record.meta.version > self.version:
+            self.version = record.meta.version
         fut = self._fut
         if fut is not None and not fut.done():
             fut.set_result(None)
 
+    def take(self) -> list[Record]:
+        records, self.records = self.records, []
+        return records
+
     async def wait(self, timeout: float | None) -> None:
-        """Return when a record arrives or after ``timeout`` seconds."""
+        """Return when a record arrives or after ``timeout`` seconds (None: no limit)."""
         if self.records:
             return
         self._fut = asyncio.get_running_loop().create_future()
@@ -53,6 +72,9 @@ class Signals:
         self._timeouts: dict[str, asyncio.Event] = {}
         self._watches: dict[str, set[RunWatch]] = {}
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._watcher: asyncio.Task[None] | None = None
+        self._store: Any = None
+        self._idle = False
 
     def waiter(self, channel: str) -> asyncio.Future[None]:
         """A future resolved at the next :meth:`notify` of ``channel``. Take it *before*
@@ -92,9 +114,16 @@ class Signals:
             for w in watches:
                 w.push(record)
 
-    def watch(self, run_id: str) -> RunWatch:
-        w = RunWatch()
+    def watch(self, run_id: str, store: Any, poll: float) -> RunWatch:
+        """Watch one run. ``store`` is read every ``poll`` seconds (the smallest of the open
+        watches) for versions written elsewhere, in one batched read for all watches."""
+        w = RunWatch(poll)
         self._watches.setdefault(run_id, set()).add(w)
+        self._store = store
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.get_running_loop().create_task(
+                self._watch_others(), name="workflow:await-watcher"
+            )
         return w
 
     def unwatch(self, run_id: str, w: RunWatch) -> None:
@@ -103,6 +132,56 @@ class Signals:
             watches.discard(w)
             if not watches:
                 del self._watches[run_id]
+                if not self._watches and self._watcher is not None and self._idle:
+                    self._watcher.cancel()  # asleep between polls: nothing to interrupt
+
+    async def _watch_others(self) -> None:
+        """While anybody waits: read the versions of every watched run in one batch each
+        poll, and push the runs that moved to their watches."""
+        me = asyncio.current_task()
+        try:
+            while self._watches:
+                poll = min(w.poll for ws in self._watches.values() for w in ws)
+                self._idle = True
+                try:
+                    await asyncio.sleep(poll)
+                finally:
+                    self._idle = False
+                store = self._store
+                if not self._watches or store is None:
+                    break
+                try:
+                    await self._poll_versions(store)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as err:  # a store outage: waiters time out, the next poll retries
+                    _log.debug("await_ watcher: reading run versions failed: %r", err)
+        finally:
+            if self._watcher is me:
+                self._watcher = None
+                self._store = None
+
+    async def _poll_versions(self, store: Any) -> None:
+        run_ids = list(self._watches)
+        versions = getattr(store, "versions", None)
+        if versions is not None:
+            current: dict[str, int] = await versions(run_ids)
+        else:  # a store without the capability: one lookup at a time
+            current = {}
+            for run_id in run_ids:
+                with contextlib.suppress(RecordNotFoundError):
+                    current[run_id] = (await store.lookup(run_id)).meta.version
+        for run_id, version in current.items():
+            watches = self._watches.get(run_id)
+            if not watches or all(w.version >= version for w in watches):
+                continue
+            try:
+                record = await store.lookup(run_id)
+            except RecordNotFoundError:
+                continue
+            for w in list(self._watches.get(run_id, ())):
+                if w.version < record.meta.version:
+                    w.push(record)
 
 
 _by_store: weakref.WeakKeyDictionary[Any, Signals] = weakref.WeakKeyDictionary()

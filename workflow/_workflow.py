@@ -385,51 +385,61 @@ class Workflow(Generic[T, S]):
     async def await_(
         self, foreign_id: str, run_id: str, status: S, *, timeout: float | None = None
     ) -> Run[T, S]:
-        """Return the run once it is at ``status``. A run already there returns at once;
-        a run that finished at another status raises :class:`RunFinishedError`;
-        ``timeout`` seconds raise :class:`TimeoutError`."""
+        """Return the run once it is at ``status``: the version that reached it (the run may
+        have moved on since). A run already there returns at once; a run that finished at
+        another status raises :class:`RunFinishedError`; ``timeout`` seconds raise
+        :class:`TimeoutError`. Every version written after the call is seen, also one that
+        the run passed through while the first read was in flight.
+
+        Waiting costs nothing while nothing happens: writes of this process wake the caller
+        directly, and writes of other processes are found by one watcher per record store
+        that reads the versions of every watched run in one batch per ``polling_frequency``.
+        """
         target = int(self.status(status))
         deadline = None if timeout is None else time.monotonic() + timeout
         poll = (self.defaults.polling_frequency or timedelta(milliseconds=500)).total_seconds()
-        watch = self.signals.watch(run_id)
+        watch = self.signals.watch(run_id, self.store, poll)
         try:
+            # Versions written while this first read is in flight are in the watch: one of
+            # them may be at the target although the run has moved on by the time it is read.
             record = await self._own(await self.store.lookup(run_id), foreign_id)
-            seen = record.meta.version
+            seen = 0
+            fresh = [record]
             while True:
-                if record.status == target:
-                    return self.new_run(record)
+                fresh.extend(watch.take())
+                by_version = {r.meta.version: r for r in fresh if r.meta.version > seen}
+                versions = sorted(by_version)
+                if seen and versions and versions != list(range(seen + 1, versions[-1] + 1)):
+                    # written elsewhere, several versions at a time: read what was skipped
+                    for r in await self._versions_since(run_id, seen):
+                        by_version.setdefault(r.meta.version, r)
+                    versions = sorted(by_version)
+                for v in reversed(versions):
+                    if by_version[v].status == target:
+                        return self.new_run(by_version[v])
+                if versions and versions[-1] > record.meta.version:
+                    record = by_version[versions[-1]]
+                seen = max(seen, record.meta.version)
+                watch.version = max(watch.version, seen)  # the watcher brings newer ones
                 if record.run_state.finished:
                     raise RunFinishedError(
-                        f"run {run_id} finished at {self.status_type(record.status).name} "
+                        f"run {run_id} finished at {self._label(record.status)} "
                         f"({record.run_state}) and will never reach {status!r}"
                     )
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(
                         f"run {run_id} did not reach {status!r} within {timeout}s (it is at "
-                        f"{self.status_type(record.status).name}, {record.run_state})"
+                        f"{self._label(record.status)}, {record.run_state})"
                     )
-                await watch.wait(poll if remaining is None else min(poll, remaining))
-                passed = sorted(
-                    (r for r in watch.records if r.meta.version > seen),
-                    key=lambda r: r.meta.version,
-                )
-                watch.records.clear()
-                if passed and [r.meta.version for r in passed] == list(
-                    range(seen + 1, seen + 1 + len(passed))
-                ):
-                    record = passed[-1]  # every version since `seen` was written here
-                else:
-                    record = await self.store.lookup(run_id)
-                    if record.meta.version > seen + 1 + len(passed):
-                        passed = await self._versions_since(run_id, seen)
-                        passed.sort(key=lambda r: r.meta.version)
-                for r in passed:
-                    if r.status == target:
-                        return self.new_run(r)
-                seen = record.meta.version
+                await watch.wait(remaining)
+                fresh = []
         finally:
             self.signals.unwatch(run_id, watch)
+
+    def _label(self, status: int) -> str:
+        name = self._status_names.get(status)
+        return str(status) if name is None else name
 
     async def _versions_since(self, run_id: str, version: int) -> list[Record]:
         history = getattr(self.store, "history", None)
