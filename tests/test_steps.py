@@ -326,11 +326,21 @@ async def test_stop_while_a_step_runs_loses_nothing(
 async def test_graceful_stop_lets_the_step_in_hand_finish(
     clock: FakeClock, registry: CollectorRegistry
 ) -> None:
-    entered, release = asyncio.Event(), asyncio.Event()
+    """stop(grace) waits for the event in hand: the step, still busy when the stop is asked
+    for, is neither cancelled nor cut short, and its result is stored."""
+    entered = asyncio.Event()
+    cancelled = False
 
     async def slow(run: Run[Obj, Status]) -> Status:
+        nonlocal cancelled
         entered.set()
-        await release.wait()
+        try:
+            # Busy until the test moves the clock, which it does only once the stop has
+            # been asked for: a stop that does not wait cancels the step here.
+            await clock.sleep_until(clock.now() + timedelta(minutes=1))
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
         return Status.DONE
 
     b = Builder[Obj, Status]("graceful")
@@ -340,9 +350,16 @@ async def test_graceful_stop_lets_the_step_in_hand_finish(
     await wf.run()
     rid = await wf.trigger("g")
     await asyncio.wait_for(entered.wait(), 5)
+    await clock.until_waiting()
     stopping = asyncio.create_task(wf.stop(grace=10))
-    await asyncio.sleep(0)
-    release.set()
+    # Let every ready task run (the stop cancels the idle processes meanwhile): a stop that
+    # does not wait has cancelled the step and returned long before this loop ends.
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert not stopping.done(), "stop() returned while the step was still in hand"
+    assert not cancelled
+    clock.step(timedelta(minutes=1))
     await asyncio.wait_for(stopping, 5)
+    assert not cancelled
     assert (await store.lookup(rid)).run_state is RunState.COMPLETED
     assert set(wf.states().values()) == {State.SHUTDOWN}
