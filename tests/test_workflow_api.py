@@ -21,6 +21,7 @@ from workflow import (
     Run,
     RunFinishedError,
     RunState,
+    State,
     WorkflowInProgressError,
 )
 from workflow.testing import FakeClock, require, trigger_callback_on
@@ -301,12 +302,22 @@ async def test_reads_and_list(clock: FakeClock, registry: CollectorRegistry) -> 
 async def test_run_and_stop_are_idempotent_and_restartable(
     clock: FakeClock, registry: CollectorRegistry
 ) -> None:
+    def engine_tasks() -> list[asyncio.Task[object]]:
+        return [t for t in asyncio.all_tasks() if t.get_name().startswith("workflow:")]
+
     wf = build(two_steps(), clock, registry)
     await wf.stop()  # never started: no-op
     await wf.run()
-    await wf.run()
+    started = engine_tasks()
+    assert len(started) == len(wf.states()) > 0
+    await wf.run()  # already running: starts nothing more
+    assert engine_tasks() == started
     await wf.stop()
     await wf.stop()
+    # every process the two run() calls started was stopped: none is left behind
+    assert [t for t in engine_tasks() if not t.done()] == []
+    assert all(t.done() for t in started)
+    assert set(wf.states().values()) == {State.SHUTDOWN}
     async with wf:  # restart after stop
         rid = await wf.trigger("restart")
         await wf.await_("restart", rid, Status.DONE, timeout=5)
