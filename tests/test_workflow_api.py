@@ -321,3 +321,21 @@ async def test_run_and_stop_are_idempotent_and_restartable(
     async with wf:  # restart after stop
         rid = await wf.trigger("restart")
         await wf.await_("restart", rid, Status.DONE, timeout=5)
+
+
+async def test_trigger_refuses_statuses_outside_the_graph_or_terminal(
+    clock: FakeClock, registry: CollectorRegistry
+) -> None:
+    """README: trigger refuses statuses outside the graph or terminal ones (ValueError), and
+    stores nothing."""
+    b = Builder[Obj, Status]("starts")
+    b.add_step(Status.STARTED, to_middle, Status.MIDDLE)
+    b.add_step(Status.MIDDLE, to_done, Status.DONE)
+    wf = build(b, clock, registry)
+    with pytest.raises(ValueError, match="terminal status"):
+        await wf.trigger("t", Status.DONE)
+    with pytest.raises(ValueError, match="not configured"):
+        await wf.trigger("t", Status.OTHER_END)
+    with pytest.raises(ValueError):
+        await wf.trigger("t", 7)  # type: ignore[arg-type]
+    assert await wf.list() == []
