@@ -213,3 +213,82 @@ def test_mermaid_diagram(clock: FakeClock, registry: CollectorRegistry) -> None:
     assert "\t2 --> [*]" not in text
     with pytest.raises(ValueError):
         mermaid(object())
+
+
+# -- every ValueError of workflow/_builder.py -------------------------------------------------
+
+
+def test_duration_timer_refuses_a_negative_duration() -> None:
+    from workflow import duration_timer
+
+    with pytest.raises(ValueError, match="non-negative duration"):
+        duration_timer(timedelta(seconds=-1))
+
+
+def test_timeouts_refuse_concurrency() -> None:
+    b = Builder[Obj, Status]("t")
+    t = b.add_timeout(Status.STARTED, lambda r, now: now, noop, Status.DONE)
+    with pytest.raises(ValueError, match="cannot be configured with concurrency"):
+        t.with_options(concurrency=2)
+    t.with_options(err_backoff=5)  # other options are fine
+
+
+@pytest.mark.parametrize("name", ["", "   ", None])
+def test_a_workflow_needs_a_name(name: object) -> None:
+    with pytest.raises(ValueError, match="non-empty name"):
+        Builder(name, Obj, Status)  # type: ignore[arg-type]
+
+
+def test_the_status_type_must_be_an_int_enum() -> None:
+    class Plain(enum.Enum):
+        A = 1
+
+    with pytest.raises(ValueError, match=r"must be an enum\.IntEnum"):
+        Builder("bad", Obj, Plain)  # type: ignore[type-var]
+
+
+def test_status_zero_is_reserved() -> None:
+    b = Builder[Obj, Status]("zero")
+    with pytest.raises(ValueError, match="reserved for 'unknown'"):
+        b.add_step(Status.UNKNOWN, noop, Status.DONE)
+
+
+def test_functions_must_be_callable() -> None:
+    b = Builder[Obj, Status]("calls")
+    with pytest.raises(ValueError, match="a step function must be callable"):
+        b.add_step(Status.STARTED, "noop", Status.DONE)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="a hook must be callable"):
+        b.on_complete(42)  # type: ignore[arg-type]
+    b.add_step(Status.STARTED, noop, Status.DONE)
+    with pytest.raises(ValueError, match="custom_delete must be callable"):
+        b.build(*adapters(), custom_delete="redact")  # type: ignore[arg-type]
+
+
+def test_connectors_need_a_name_and_a_constructor() -> None:
+    from adapters.memstreamer import MemConnector
+
+    b = Builder[Obj, Status]("conn")
+    b.add_step(Status.STARTED, noop, Status.DONE)
+    with pytest.raises(ValueError, match="non-empty name"):
+        b.add_connector("", MemConnector(), lambda wf, e: None)
+    with pytest.raises(ValueError, match="needs an async make"):
+        b.add_connector("c", object(), lambda wf, e: None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("missing", [0, 1, 2])
+def test_build_needs_every_adapter(missing: int) -> None:
+    b = Builder[Obj, Status]("adapters")
+    b.add_step(Status.STARTED, noop, Status.DONE)
+    given: list[object] = list(adapters())
+    given[missing] = None
+    what = ("event_streamer", "record_store", "role_scheduler")[missing]
+    with pytest.raises(ValueError, match=f"build\\(\\) needs a {what}"):
+        b.build(*given)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("retry", [0, -1, timedelta(0)])
+def test_pause_retry_must_be_positive(retry: object) -> None:
+    b = Builder[Obj, Status]("retry")
+    b.add_step(Status.STARTED, noop, Status.DONE)
+    with pytest.raises(ValueError, match="pause_retry must be positive"):
+        b.build(*adapters(), pause_retry=retry)  # type: ignore[arg-type]

@@ -93,16 +93,64 @@ async def test_acks_never_pass_an_unfinished_event(
 async def test_one_run_is_handled_one_event_at_a_time(
     clock: FakeClock, registry: CollectorRegistry
 ) -> None:
-    active: set[str] = set()
-    overlaps = 0
+    """Two events of one run in the window at once: the second waits for the first.
 
-    async def repeat(run: Run[Obj, Status]) -> object:
+    The step blocks on the run's first event; meanwhile a pause and a resume put a second
+    event of the run on the step's topic (the resume, version 3). It is read while the first
+    is in hand, but handled only after it: the stale first result is refused
+    (compare-and-set) and the step runs again on version 3, never twice at the same time."""
+    active: Counter[str] = Counter()
+    overlaps = 0
+    calls: list[int] = []
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def step(run: Run[Obj, Status]) -> Status:
         nonlocal overlaps
-        if run.run_id in active:
+        if active[run.run_id]:
             overlaps += 1
-        active.add(run.run_id)
-        await asyncio.sleep(0)
-        active.discard(run.run_id)
+        active[run.run_id] += 1
+        try:
+            if run.foreign_id == "held":
+                calls.append(run.meta.version)
+                if len(calls) == 1:
+                    entered.set()
+                    await release.wait()
+            return Status.DONE
+        finally:
+            active[run.run_id] -= 1
+
+    wf = make(step, 8).build(
+        MemStreamer(clock),
+        MemRecordStore(),
+        MemRoleScheduler(),
+        clock=clock,
+        metrics_registry=registry,
+    )
+    async with wf:
+        rid = await wf.trigger("held")
+        await asyncio.wait_for(entered.wait(), 5)
+        await wf.pause(rid)
+        await wf.resume(rid)  # version 3: a second event of the run on the step's topic
+        # A later event of another run is read after the resume's event and completes while
+        # the first is still in hand: by then the resume's event has been dispatched.
+        try:
+            later = await wf.trigger("later")
+            await wf.await_("later", later, Status.DONE, timeout=5)
+            assert calls == [1], "the run's second event was handled while its first was in hand"
+        finally:
+            release.set()
+        run = await wf.await_("held", rid, Status.DONE, timeout=5)
+    assert calls == [1, 3]
+    assert run.meta.version == 4
+    assert overlaps == 0
+
+
+async def test_many_save_and_repeat_runs_at_once_each_in_order(
+    clock: FakeClock, registry: CollectorRegistry
+) -> None:
+    async def repeat(run: Run[Obj, Status]) -> object:
+        await asyncio.sleep(0)  # let the other runs' events interleave
         run.object.count += 1
         return run.save_and_repeat() if run.object.count < 20 else Status.DONE
 
@@ -118,7 +166,6 @@ async def test_one_run_is_handled_one_event_at_a_time(
         for fid, rid in ids.items():
             run = await wf.await_(fid, rid, Status.DONE, timeout=5)
             assert run.object.count == 20
-    assert overlaps == 0
 
 
 async def test_a_failing_run_does_not_stop_the_others(

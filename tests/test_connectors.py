@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -58,6 +57,11 @@ class Tracking:
     def __init__(self, inner: MemConnector) -> None:
         self.inner = inner
         self.acked: dict[str, list[str]] = {}
+        self.changed = asyncio.Event()
+
+    async def until(self, cond: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait until ``cond()`` holds, re-checked at each acknowledgement."""
+        await _until(self.changed, cond, timeout)
 
     def all_read(self, consumers: int, events: int) -> bool:
         """Whether ``consumers`` distinct consumers have each acknowledged ``events``."""
@@ -67,6 +71,7 @@ class Tracking:
     async def make(self, name: str) -> Any:
         consumer = await self.inner.make(name)
         acked = self.acked.setdefault(name, [])
+        tracking = self
 
         class Consumer:
             async def recv(self) -> Any:
@@ -75,6 +80,7 @@ class Tracking:
                 async def tracked_ack() -> None:
                     await ack()
                     acked.append(ev.id)
+                    tracking.changed.set()
 
                 return ev, tracked_ack
 
@@ -90,9 +96,11 @@ class Handler:
     def __init__(self, fail_first: int = 0) -> None:
         self.calls: Counter[str] = Counter()
         self.fail_first = fail_first
+        self.called = asyncio.Event()
 
     async def __call__(self, wf: Workflow[TypeX, Status], ev: ConnectorEvent) -> None:
         self.calls[ev.foreign_id] += 1
+        self.called.set()
         if sum(self.calls.values()) <= self.fail_first:
             raise RuntimeError("connector failure")
         try:
@@ -101,12 +109,13 @@ class Handler:
             pass  # a redelivered event: the run exists
 
 
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.001)
+async def _until(changed: asyncio.Event, cond: Callable[[], bool], timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            changed.clear()
+            if cond():
+                return
+            await changed.wait()
 
 
 def build(
@@ -156,7 +165,7 @@ async def test_parallel_connector_shards_handle_every_event_exactly_once(clock, 
     async with wf:
         assert set(shards) <= set(wf.states())
         # Every shard reads (and acknowledges) the whole stream.
-        await until(lambda: tracking.all_read(2, len(events)))
+        await tracking.until(lambda: tracking.all_read(2, len(events)))
         for fid in fids:
             await require(wf, fid, Status.END, TypeX(val="workflow step set value"), timeout=5)
     assert handler.calls == Counter(dict.fromkeys(fids, 1))
@@ -175,7 +184,7 @@ async def test_parallel_count_from_default_options_starts_every_shard(clock, reg
         assert sorted(names) == [
             f"my-test-connector-connector-to-{WF}-consumer-{i}-of-2" for i in (1, 2)
         ]
-        await until(lambda: tracking.all_read(2, len(fids)))
+        await tracking.until(lambda: tracking.all_read(2, len(fids)))
         for fid in fids:
             await require(wf, fid, Status.END, TypeX(val="workflow step set value"), timeout=5)
     assert handler.calls == Counter(dict.fromkeys(fids, 1))
@@ -186,14 +195,15 @@ async def test_connector_error_is_retried_after_backoff_and_the_event_is_not_los
     handler = Handler(fail_first=1)
     wf = build(tracking, handler, clock, registry, err_backoff=timedelta(minutes=1))
     async with wf:
-        await until(lambda: handler.calls["first"] == 1)
-        await until(lambda: clock.waiting == 1)  # backing off on the clock
+        await _until(handler.called, lambda: handler.calls["first"] == 1, 5)
+        await clock.until_waiting(1, timeout=5)  # backing off on the clock
+        assert clock.waiting == 1
         assert handler.calls == Counter(first=1)  # not retried, and "second" waits its turn
         assert [ids for ids in tracking.acked.values() if ids] == []
         clock.step(timedelta(minutes=1))
         await require(wf, "first", Status.END, TypeX(val="workflow step set value"), timeout=5)
         await require(wf, "second", Status.END, TypeX(val="workflow step set value"), timeout=5)
-        await until(lambda: ["1", "2"] in tracking.acked.values())
+        await tracking.until(lambda: ["1", "2"] in tracking.acked.values())
         assert handler.calls == Counter(first=2, second=1)
 
 

@@ -127,22 +127,30 @@ async def test_timeouts_fire_on_the_clock_and_wait_for_resume(backend: Backend) 
 
 
 async def test_hooks_pause_resume_cancel_and_delete(backend: Backend) -> None:
-    seen: list[tuple[str, RunState]] = []
-    events = {name: asyncio.Event() for name in ("pause", "cancel", "complete", "deleted")}
+    """Each hook gets the version that entered its state: a run paused after two errors,
+    resumed, completed and deleted; another paused and then cancelled."""
+    seen: dict[str, asyncio.Queue[tuple[str, RunState, int, str]]] = {
+        name: asyncio.Queue() for name in ("pause", "cancel", "complete", "deleted")
+    }
 
     def hook(name: str) -> object:
         async def fn(record: TypedRecord[Obj, Status]) -> None:
-            seen.append((name, record.run_state))
-            events[name].set()
+            seen[name].put_nowait(
+                (record.foreign_id, record.run_state, int(record.status), record.object.note)
+            )
 
         return fn
+
+    async def next_call(name: str) -> tuple[str, RunState, int, str]:
+        return await asyncio.wait_for(seen[name].get(), 10)
 
     calls = Counter[str]()
 
     async def flaky(run: Run[Obj, Status]) -> Status:
         calls[run.foreign_id] += 1
-        if run.foreign_id == "flaky" and calls["flaky"] <= 2:
+        if run.foreign_id == "doomed" or calls["flaky"] <= 2:
             raise RuntimeError("not yet")
+        run.object.note = "done"
         return Status.DONE
 
     b = Builder[Obj, Status]("hooks")
@@ -156,12 +164,17 @@ async def test_hooks_pause_resume_cancel_and_delete(backend: Backend) -> None:
     wf = backend.build(b, custom_delete=lambda obj: Obj(note="redacted"), pause_retry=None)
     async with wf:
         rid = await wf.trigger("flaky")
-        await asyncio.wait_for(events["pause"].wait(), 10)  # paused after two errors
+        assert await next_call("pause") == ("flaky", RunState.PAUSED, Status.STARTED, "")
         await wf.resume(rid)
         await wf.await_("flaky", rid, Status.DONE, timeout=10)
-        await asyncio.wait_for(events["complete"].wait(), 10)
+        assert await next_call("complete") == ("flaky", RunState.COMPLETED, Status.DONE, "done")
         await wf.delete_data(rid, "gdpr")
-        await asyncio.wait_for(events["deleted"].wait(), 10)
+        assert await next_call("deleted") == (
+            "flaky",
+            RunState.DATA_DELETED,
+            Status.DONE,
+            "redacted",
+        )
         record = await wf.store.lookup(rid)
         assert record.run_state is RunState.DATA_DELETED
         assert Obj.model_validate_json(record.object) == Obj(note="redacted")
@@ -171,7 +184,15 @@ async def test_hooks_pause_resume_cancel_and_delete(backend: Backend) -> None:
         assert [Obj.model_validate_json(r.object) for r in history] == [Obj(note="redacted")] * len(
             history
         )
-    assert calls["flaky"] == 3
+
+        doomed = await wf.trigger("doomed")
+        assert await next_call("pause") == ("doomed", RunState.PAUSED, Status.STARTED, "")
+        await wf.cancel(doomed, "given up")
+        assert await next_call("cancel") == ("doomed", RunState.CANCELLED, Status.STARTED, "")
+        assert (await wf.lookup(doomed)).meta.run_state_reason == "given up"
+    assert calls == {"flaky": 3, "doomed": 2}
+    # each hook ran once per state change, and for nothing else
+    assert all(q.empty() for q in seen.values()), {n: q.qsize() for n, q in seen.items()}
 
 
 async def test_cancel_hook(backend: Backend) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -74,14 +73,6 @@ class Recorder:
             while len(self.calls) < n:
                 self.event.clear()
                 await self.event.wait()
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.001)
 
 
 def build(
@@ -206,7 +197,7 @@ async def test_failing_hook_is_retried_after_backoff_and_later_events_follow(clo
     async with wf:
         first = await wf.trigger("first")
         await rec.wait(1)  # raised
-        await until(lambda: clock.waiting == 1)  # the hook process backs off on the clock
+        await clock.until_waiting(1, timeout=5)  # the hook process backs off on the clock
         second = await wf.trigger("second")
         await wf.await_("second", second, Status.END, timeout=5)
         assert len(rec.calls) == 1  # no retry, and no later event, before the backoff ends
@@ -232,7 +223,7 @@ async def test_hook_keeps_being_retried_until_it_returns(clock, registry):
         run_id = await wf.trigger("andrew")
         for n in (1, 2, 3):
             await rec.wait(n)
-            await until(lambda: clock.waiting == 1)
+            await clock.until_waiting(1, timeout=5)
             assert len(rec.calls) == n
             clock.step(timedelta(minutes=5))
         await rec.wait(4)

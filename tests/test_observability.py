@@ -143,8 +143,6 @@ async def test_logs_carry_run_context(
     assert ctx["status"] == "STARTED"
     assert f"run_id={rid}" in warning.getMessage()
     assert any("paused run" in r.getMessage() for r in records)
-    # debug lines only appear with debug=True
-    assert not any(r.levelno == logging.DEBUG for r in records)
 
 
 async def test_a_failing_role_scheduler_is_logged_once_then_recovery(
@@ -190,10 +188,127 @@ async def test_a_failing_role_scheduler_is_logged_once_then_recovery(
             rid = await wf.trigger("after")
             await wf.await_("after", rid, Status.DONE, timeout=5)
     lines = [r for r in caplog.records if r.name == "test.outage"]
+    everyone = set(wf.states())
+    assert everyone >= {"started-consumer-1-of-1", "outbox-consumer", "delete-consumer"}
     errors = [r for r in lines if "role scheduler" in r.getMessage() and r.levelno >= logging.ERROR]
     processes = [r.workflow_context["process"] for r in errors]  # type: ignore[attr-defined]
     assert roles.attempts >= 50
-    assert sorted(processes) == sorted(set(processes)), processes  # one line per process
-    assert all(r.exc_info is not None for r in errors)  # ... with its traceback
+    # one line per process (every process met the outage), not one per attempt ...
+    assert sorted(processes) == sorted(everyone), processes
+    for r in errors:  # ... with the traceback of the failure
+        assert isinstance(r.exc_info, tuple), r.exc_info
+        assert isinstance(r.exc_info[1], ConnectionError)
+        assert "database is down" in caplog.text
+        assert r.workflow_context["role"].startswith("outage-")  # type: ignore[attr-defined]
     recovered = [r for r in lines if "role scheduler recovered after" in r.getMessage()]
-    assert len(recovered) == len(processes)
+    assert sorted(r.workflow_context["process"] for r in recovered) == sorted(everyone)  # type: ignore[attr-defined]
+    assert all(r.levelno == logging.INFO for r in recovered)
+    step = next(
+        r
+        for r in recovered
+        if r.workflow_context["process"] == "started-consumer-1-of-1"  # type: ignore[attr-defined]
+    )
+    assert f"after {roles.attempts - 2} failed attempts" in step.getMessage()
+
+
+async def test_an_outage_that_lasts_is_logged_again_without_a_traceback(
+    clock: FakeClock,
+    registry: CollectorRegistry,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After the first line, a lasting outage gets one line per ROLE_ERROR_LOG_EVERY seconds
+    (set to 0 here, so every later attempt logs one) that counts the attempts."""
+    from adapters.memrecordstore import MemRecordStore
+    from adapters.memrolescheduler import MemRoleScheduler
+    from adapters.memstreamer import MemStreamer
+
+    monkeypatch.setattr("workflow._process.ROLE_ERROR_LOG_EVERY", 0.0)
+    three = asyncio.Event()
+
+    class Outage(MemRoleScheduler):
+        attempts = 0
+
+        async def await_role(self, role: str):  # type: ignore[no-untyped-def]
+            if role.endswith("-1-consumer-1-of-1"):
+                self.attempts += 1
+                if self.attempts == 3:
+                    three.set()
+                raise ConnectionError("database is down")
+            return await super().await_role(role)
+
+    roles = Outage()
+    b = Builder[Obj, Status]("lasting")
+    b.add_step(Status.STARTED, done, Status.DONE).with_options(err_backoff=timedelta(seconds=1))
+    wf = b.build(
+        MemStreamer(clock),
+        MemRecordStore(),
+        roles,
+        clock=clock,
+        metrics_registry=registry,
+        pause_retry=None,
+        logger=logging.getLogger("test.lasting"),
+    )
+    with caplog.at_level(logging.INFO, logger="test.lasting"):
+        async with wf:
+            for _ in range(2):  # the step consumer backs off on the clock after each failure
+                await clock.until_waiting()
+                clock.step(timedelta(seconds=1))
+            await asyncio.wait_for(three.wait(), 5)
+    lines = [
+        (r.getMessage().split(" [")[0], r.exc_info)
+        for r in caplog.records
+        if r.name == "test.lasting" and "role scheduler" in r.getMessage()
+    ]
+    assert [text for text, _ in lines] == [
+        "role scheduler error",
+        "role scheduler still failing (2 attempts): ConnectionError('database is down')",
+        "role scheduler still failing (3 attempts): ConnectionError('database is down')",
+    ]
+    assert isinstance(lines[0][1], tuple)
+    assert not lines[1][1] and not lines[2][1]  # the traceback only once
+
+
+@pytest.mark.parametrize("debug", [False, True])
+async def test_debug_lines_only_with_debug(
+    clock: FakeClock,
+    registry: CollectorRegistry,
+    caplog: pytest.LogCaptureFixture,
+    debug: bool,
+) -> None:
+    """The paused-run retry logs a debug line when it resumes a run: written with
+    ``debug=True`` only, even with the logger at DEBUG."""
+    calls = 0
+
+    async def pause_once(run: Run[Obj, Status]) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return await run.pause("not yet")
+        return Status.DONE
+
+    b = Builder[Obj, Status]("debugged")
+    b.add_step(Status.STARTED, pause_once, Status.DONE)
+    wf = build(
+        b,
+        clock,
+        registry,
+        pause_retry=timedelta(minutes=5),
+        logger=logging.getLogger("test.debugged"),
+        debug=debug,
+    )
+    with caplog.at_level(logging.DEBUG, logger="test.debugged"):
+        async with wf:
+            rid = await wf.trigger("d")
+            await wait_for(wf, "d", lambda r: r.run_state is RunState.PAUSED)
+            await clock.until_waiting()  # the retry process waits for the pause to be old
+            clock.step(timedelta(minutes=5))
+            await wf.await_("d", rid, Status.DONE, timeout=5)
+    debug_lines = [
+        r for r in caplog.records if r.name == "test.debugged" and r.levelno == logging.DEBUG
+    ]
+    if debug:
+        assert [r.getMessage().split(" [")[0] for r in debug_lines] == ["resumed paused run"]
+        assert debug_lines[0].workflow_context["run_id"] == rid  # type: ignore[attr-defined]
+    else:
+        assert debug_lines == []

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -75,18 +73,31 @@ class Env:
         )
 
 
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.001)
+class Asked:
+    """Records the clock's time of each call of a schedule filter (plain or async, so from a
+    worker thread too) and wakes whoever waits for a number of calls."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.times: list[datetime] = []
+        self.loop = asyncio.get_running_loop()
+        self.changed = asyncio.Event()
+
+    def add(self) -> None:
+        self.times.append(self.clock.now())
+        self.loop.call_soon_threadsafe(self.changed.set)
+
+    async def reach(self, n: int, timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.times) < n:
+                self.changed.clear()
+                await self.changed.wait()
 
 
 async def scheduler_asleep(clock: FakeClock, n: int = 1) -> None:
     """Wait until the schedule process(es) sleep on the clock until their next tick (the
     steps here never wait on the clock, so these are the only waits)."""
-    await until(lambda: clock.waiting >= n)
+    await clock.until_waiting(n, timeout=5)
 
 
 async def runs(wf: Workflow[User, Status]) -> list[Run[User, Status]]:
@@ -121,11 +132,11 @@ async def test_schedule_triggers_one_run_per_tick(clock, registry):
 @pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_filter_false_skips_the_tick(clock, registry, kind):
     answers = [False, True]
-    asked: list[datetime] = []
+    asked = Asked(clock)
 
     def sync_filter() -> bool:
-        asked.append(clock.now())
-        return answers[len(asked) - 1]
+        asked.add()
+        return answers[len(asked.times) - 1]
 
     async def async_filter() -> bool:
         return sync_filter()
@@ -135,22 +146,22 @@ async def test_filter_false_skips_the_tick(clock, registry, kind):
     async with wf:
         await scheduler_asleep(clock)
         clock.set(MAY_1)  # filter says no
-        await until(lambda: len(asked) == 1)
+        await asked.reach(1)
         await scheduler_asleep(clock)
         clock.set(JUNE_1)  # filter says yes
         await next_run(wf, "andrew", None)
-        assert asked == [MAY_1, JUNE_1]
+        assert asked.times == [MAY_1, JUNE_1]
         assert [r.created_at for r in await runs(wf)] == [JUNE_1]
 
 
 async def test_filter_error_retries_the_same_tick_after_the_backoff(clock, registry):
     # luno (HEAD) keeps the slot when the filter fails: the same tick is retried after the
     # error backoff instead of being dropped.
-    asked: list[datetime] = []
+    asked = Asked(clock)
 
     def flaky_filter() -> bool:
-        asked.append(clock.now())
-        if len(asked) == 1:
+        asked.add()
+        if len(asked.times) == 1:
             raise RuntimeError("filter error")
         return True
 
@@ -159,14 +170,14 @@ async def test_filter_error_retries_the_same_tick_after_the_backoff(clock, regis
     async with wf:
         await scheduler_asleep(clock)
         clock.set(MAY_1)
-        await until(lambda: len(asked) == 1)
+        await asked.reach(1)
         await scheduler_asleep(clock)  # the error backoff (1 s by default)
         with pytest.raises(RecordNotFoundError):
             await wf.latest("error-test")
         clock.step(timedelta(seconds=1))  # ends the backoff (the clock wakes it at once)
-        await scheduler_asleep(clock)  # back to sleep, after handling the retried tick
-        assert asked == [MAY_1, MAY_1 + timedelta(seconds=1)]
         run = await next_run(wf, "error-test", None)
+        await scheduler_asleep(clock)  # back to sleep, after handling the retried tick
+        assert asked.times == [MAY_1, MAY_1 + timedelta(seconds=1)]
         assert run.created_at == MAY_1 + timedelta(seconds=1)
 
 
@@ -308,10 +319,19 @@ async def test_restart_does_not_trigger_an_already_triggered_tick(clock, registr
 
 
 async def test_two_replicas_trigger_once_per_tick(clock, registry):
+    """Only the replica holding the schedule's role handles a tick: the filter is asked once
+    per tick (a second scheduler would be refused by the atomic trigger only while the run is
+    in progress, and asks the filter in any case)."""
     env = Env(clock, registry)
+    asked = Asked(clock)
+
+    async def count() -> bool:
+        asked.add()
+        return True
+
     one, two = env.build(), env.build()
-    one.schedule("andrew", "@monthly")
-    two.schedule("andrew", "@monthly")
+    one.schedule("andrew", "@monthly", filter=count)
+    two.schedule("andrew", "@monthly", filter=count)
     async with one, two:
         await scheduler_asleep(clock)  # only the role holder sleeps on the clock
         clock.set(MAY_1)
@@ -323,3 +343,5 @@ async def test_two_replicas_trigger_once_per_tick(clock, registry):
         clock.set(JULY_1)
         await next_run(one, "andrew", second.run_id)
         assert [r.created_at for r in await runs(one)] == [MAY_1, JUNE_1, JULY_1]
+        assert clock.waiting == 1  # one scheduler asleep until August, the other has no role
+    assert asked.times == [MAY_1, JUNE_1, JULY_1]

@@ -6,7 +6,6 @@ import asyncio
 from collections import Counter
 from datetime import timedelta
 
-import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import Field
 
@@ -220,9 +219,12 @@ async def test_error_backoff_waits_on_the_clock(
         await clock.until_waiting()  # the consumer sleeps through its 30 s backoff
         assert calls == 1
         clock.step(29)
-        with pytest.raises(TimeoutError):
-            await wf.await_("b", rid, Status.DONE, timeout=0.1)
+        # The backoff's wait on the clock is still pending (stepping resolves due waits at
+        # once): nothing can retry the event before the 30 s are up.
+        assert clock.waiting == 1
+        assert (await wf.lookup(rid)).meta.version == 1
         clock.step(1)
+        assert clock.waiting == 0
         await wf.await_("b", rid, Status.DONE, timeout=5)
     assert calls == 2
     errors = registry.get_sample_value(
@@ -283,10 +285,11 @@ async def test_lag_holds_events_until_old_enough(
     t0 = clock.now()
     async with wf:
         rid = await wf.trigger("l")
-        await clock.until_waiting()
-        with pytest.raises(TimeoutError):
-            await wf.await_("l", rid, Status.DONE, timeout=0.1)
-        clock.step(timedelta(hours=1))
+        await clock.until_waiting()  # the consumer holds the event until it is an hour old
+        clock.step(timedelta(minutes=59))
+        assert clock.waiting == 1  # still held: nothing else can consume it
+        assert (await wf.lookup(rid)).meta.version == 1
+        clock.step(timedelta(minutes=1))
         run = await wf.await_("l", rid, Status.DONE, timeout=5)
     assert run.object.consumed_at == (t0 + timedelta(hours=1)).isoformat()
 
@@ -326,11 +329,21 @@ async def test_stop_while_a_step_runs_loses_nothing(
 async def test_graceful_stop_lets_the_step_in_hand_finish(
     clock: FakeClock, registry: CollectorRegistry
 ) -> None:
-    entered, release = asyncio.Event(), asyncio.Event()
+    """stop(grace) waits for the event in hand: the step, still busy when the stop is asked
+    for, is neither cancelled nor cut short, and its result is stored."""
+    entered = asyncio.Event()
+    cancelled = False
 
     async def slow(run: Run[Obj, Status]) -> Status:
+        nonlocal cancelled
         entered.set()
-        await release.wait()
+        try:
+            # Busy until the test moves the clock, which it does only once the stop has
+            # been asked for: a stop that does not wait cancels the step here.
+            await clock.sleep_until(clock.now() + timedelta(minutes=1))
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
         return Status.DONE
 
     b = Builder[Obj, Status]("graceful")
@@ -340,9 +353,16 @@ async def test_graceful_stop_lets_the_step_in_hand_finish(
     await wf.run()
     rid = await wf.trigger("g")
     await asyncio.wait_for(entered.wait(), 5)
+    await clock.until_waiting()
     stopping = asyncio.create_task(wf.stop(grace=10))
-    await asyncio.sleep(0)
-    release.set()
+    # Let every ready task run (the stop cancels the idle processes meanwhile): a stop that
+    # does not wait has cancelled the step and returned long before this loop ends.
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert not stopping.done(), "stop() returned while the step was still in hand"
+    assert not cancelled
+    clock.step(timedelta(minutes=1))
     await asyncio.wait_for(stopping, 5)
+    assert not cancelled
     assert (await store.lookup(rid)).run_state is RunState.COMPLETED
     assert set(wf.states().values()) == {State.SHUTDOWN}

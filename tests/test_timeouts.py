@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -42,13 +41,49 @@ async def to_waiting(run: Run[User, Status]) -> Status:
     return Status.WAITING
 
 
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll a cheap in-memory condition until it holds (real-time bound)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.001)
+class WatchedTimeoutStore(MemTimeoutStore):
+    """The memory timeout store, waking the test on every change and every poll (a
+    ``list_valid`` call: the poller looking for expired timers)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.polls = 0
+        self._changed = asyncio.Event()
+
+    async def create(self, *args: Any, **kwargs: Any) -> int:
+        tid = await super().create(*args, **kwargs)
+        self._changed.set()
+        return tid
+
+    async def complete(self, id: int) -> None:
+        await super().complete(id)
+        self._changed.set()
+
+    async def cancel(self, id: int) -> None:
+        await super().cancel(id)
+        self._changed.set()
+
+    async def list_valid(self, workflow_name: str, status: int, now: datetime) -> list[Any]:
+        self.polls += 1
+        self._changed.set()
+        return await super().list_valid(workflow_name, status, now)
+
+    async def until(self, cond: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while True:
+                self._changed.clear()
+                if await cond():
+                    return
+                await self._changed.wait()
+
+    async def polled(self, n: int = 3) -> None:
+        """Wait until the poller has looked for expired timers ``n`` more times."""
+        target = self.polls + n
+
+        async def enough() -> bool:
+            return self.polls >= target
+
+        await self.until(enough)
 
 
 async def armed(wf: Workflow[Any, Any], run_id: str) -> list[Any]:
@@ -57,12 +92,17 @@ async def armed(wf: Workflow[Any, Any], run_id: str) -> list[Any]:
     return [t for t in await wf.timeout_store.list(wf.name) if t.run_id == run_id]
 
 
-async def until_timers(wf: Workflow[Any, Any], run_id: str, n: int, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while len(await armed(wf, run_id)) != n:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"run {run_id} never had {n} live timers")
-        await asyncio.sleep(0.001)
+async def until_timers(wf: Workflow[Any, Any], run_id: str, n: int) -> None:
+    async def count() -> bool:
+        return len(await armed(wf, run_id)) == n
+
+    await watched(wf).until(count)
+
+
+def watched(wf: Workflow[Any, Any]) -> WatchedTimeoutStore:
+    store = wf.timeout_store
+    assert isinstance(store, WatchedTimeoutStore)
+    return store
 
 
 def builder(
@@ -93,7 +133,7 @@ def build(
         MemStreamer(clock),
         MemRecordStore(),
         MemRoleScheduler(),
-        timeout_store=MemTimeoutStore(clock),
+        timeout_store=WatchedTimeoutStore(clock),
         clock=clock,
         metrics_registry=registry,
         **kw,
@@ -128,9 +168,11 @@ async def test_timeout_moves_the_run_only_once_the_clock_passes_expiry(clock, re
         await await_timeout_insert(wf, "example", run_id, Status.WAITING, timeout=5)
         [timer] = await armed(wf, run_id)
         assert timer.expire_at == clock.now() + HOUR
-        with pytest.raises(TimeoutError):
-            await wf.await_("example", run_id, Status.TIMED_OUT, timeout=0.2)
-        clock.step(HOUR)
+        await clock.until_waiting()  # the poller sleeps on the clock until the expiry
+        clock.step(HOUR - timedelta(seconds=1))
+        assert clock.waiting == 1  # a second early: its wait is still pending
+        assert (await wf.lookup(run_id)).status is Status.WAITING
+        clock.step(timedelta(seconds=1))
         run = await wf.await_("example", run_id, Status.TIMED_OUT, timeout=5)
         assert run.object.user_id == EXPECTED_USER_ID
         assert run.run_state is RunState.COMPLETED
@@ -144,10 +186,9 @@ async def test_timeout_fires_exactly_when_expire_at_is_reached(clock, registry):
         run_id = await wf.trigger("exact")
         await await_timeout_insert(wf, "exact", run_id, Status.WAITING, timeout=5)
         clock.step(timedelta(minutes=59, seconds=59))
-        # The poller re-checks every 10 ms of real time: 20 chances to fire too early.
-        with pytest.raises(TimeoutError):
-            await wf.await_("exact", run_id, Status.TIMED_OUT, timeout=0.2)
+        await watched(wf).polled()  # three chances to fire too early
         assert handler.run_ids == []
+        assert (await wf.lookup(run_id)).status is Status.WAITING
         clock.step(timedelta(seconds=1))
         await wf.await_("exact", run_id, Status.TIMED_OUT, timeout=5)
         assert handler.run_ids == [run_id]
@@ -224,9 +265,8 @@ async def test_skip_completes_the_timer_and_the_other_timer_still_fires(clock, r
         assert skipper.run_ids == [run_id]
         assert late.run_ids == []
         assert (await wf.lookup(run_id)).status is Status.WAITING  # skip stored nothing
-        with pytest.raises(TimeoutError):
-            await wf.await_("skip", run_id, Status.TIMED_OUT_LATE, timeout=0.2)
-        assert skipper.run_ids == [run_id]  # not re-run by ~20 polls
+        await watched(wf).polled()
+        assert skipper.run_ids == [run_id]  # not re-run by the polls since
         clock.step(HOUR)
         run = await wf.await_("skip", run_id, Status.TIMED_OUT_LATE, timeout=5)
         assert run.object.handled_by == "B"
@@ -237,9 +277,11 @@ async def test_skip_completes_the_timer_and_the_other_timer_still_fires(clock, r
 async def test_failing_handler_is_retried_after_backoff_then_pauses_the_run(clock, registry):
     # luno bug 6: handler errors were swallowed and re-run at the next poll, no backoff.
     calls: list[datetime] = []
+    called = asyncio.Event()
 
     async def failing(run: Run[User, Status], now: datetime) -> Status:
         calls.append(now)
+        called.set()
         raise RuntimeError("downstream unavailable")
 
     b = builder(
@@ -253,15 +295,16 @@ async def test_failing_handler_is_retried_after_backoff_then_pauses_the_run(cloc
         run_id = await wf.trigger("failing")
         await await_timeout_insert(wf, "failing", run_id, Status.WAITING, timeout=5)
         clock.step(HOUR)
-        await until(lambda: len(calls) == 1)
+        await asyncio.wait_for(called.wait(), 5)
 
         def paused(r: Run[User, Status]) -> bool:
             return r.run_state is RunState.PAUSED
 
-        with pytest.raises(TimeoutError):
-            await wait_for(wf, "failing", paused, timeout=0.2)
+        clock.step(timedelta(seconds=59))
+        await watched(wf).polled()  # the timer is due, but its backoff has not elapsed
         assert len(calls) == 1  # not retried while the backoff has not elapsed
-        clock.step(timedelta(minutes=1))
+        assert (await wf.lookup(run_id)).run_state is RunState.RUNNING
+        clock.step(timedelta(seconds=1))
         run = await wait_for(wf, "failing", paused, timeout=5)
         assert len(calls) == 2
         assert calls[1] - calls[0] == timedelta(minutes=1)
@@ -301,8 +344,7 @@ async def test_paused_run_timer_waits_for_resume(clock, registry):
         await await_timeout_insert(wf, "paused", run_id, Status.WAITING, timeout=5)
         await wf.pause(run_id, "hold on")
         clock.step(HOUR)
-        with pytest.raises(TimeoutError):
-            await wf.await_("paused", run_id, Status.TIMED_OUT, timeout=0.2)
+        await watched(wf).polled()  # the expired timer of the paused run is left alone
         assert handler.run_ids == []
         assert (await wf.lookup(run_id)).run_state is RunState.PAUSED
         await wf.resume(run_id)

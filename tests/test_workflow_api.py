@@ -21,6 +21,7 @@ from workflow import (
     Run,
     RunFinishedError,
     RunState,
+    State,
     WorkflowInProgressError,
 )
 from workflow.testing import FakeClock, require, trigger_callback_on
@@ -301,12 +302,40 @@ async def test_reads_and_list(clock: FakeClock, registry: CollectorRegistry) -> 
 async def test_run_and_stop_are_idempotent_and_restartable(
     clock: FakeClock, registry: CollectorRegistry
 ) -> None:
+    def engine_tasks() -> list[asyncio.Task[object]]:
+        return [t for t in asyncio.all_tasks() if t.get_name().startswith("workflow:")]
+
     wf = build(two_steps(), clock, registry)
     await wf.stop()  # never started: no-op
     await wf.run()
-    await wf.run()
+    started = engine_tasks()
+    assert len(started) == len(wf.states()) > 0
+    await wf.run()  # already running: starts nothing more
+    assert engine_tasks() == started
     await wf.stop()
     await wf.stop()
+    # every process the two run() calls started was stopped: none is left behind
+    assert [t for t in engine_tasks() if not t.done()] == []
+    assert all(t.done() for t in started)
+    assert set(wf.states().values()) == {State.SHUTDOWN}
     async with wf:  # restart after stop
         rid = await wf.trigger("restart")
         await wf.await_("restart", rid, Status.DONE, timeout=5)
+
+
+async def test_trigger_refuses_statuses_outside_the_graph_or_terminal(
+    clock: FakeClock, registry: CollectorRegistry
+) -> None:
+    """README: trigger refuses statuses outside the graph or terminal ones (ValueError), and
+    stores nothing."""
+    b = Builder[Obj, Status]("starts")
+    b.add_step(Status.STARTED, to_middle, Status.MIDDLE)
+    b.add_step(Status.MIDDLE, to_done, Status.DONE)
+    wf = build(b, clock, registry)
+    with pytest.raises(ValueError, match="terminal status"):
+        await wf.trigger("t", Status.DONE)
+    with pytest.raises(ValueError, match="not configured"):
+        await wf.trigger("t", Status.OTHER_END)
+    with pytest.raises(ValueError):
+        await wf.trigger("t", 7)  # type: ignore[arg-type]
+    assert await wf.list() == []
