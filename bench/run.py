@@ -14,7 +14,9 @@ Parts, in order (each writes its own ``##`` section of bench/RESULTS.md):
 - ``rss``: ``bench.rss`` (memory growth of one long-lived worker);
 - ``peers``: ``bench.peers`` (DBOS beside this engine);
 - ``procs``: ``bench.procs`` (1 and 2 worker processes, 3 and 10 steps, on SQLite, PostgreSQL
-  and Kafka + PostgreSQL).
+  and Kafka + PostgreSQL);
+- ``awaiters``: ``bench.awaiters`` (fresh-run latency with 0, 1,000 and 10,000 pending
+  ``await_`` calls, and a gather of 2,000 of them, on SQLite and PostgreSQL).
 
 Then the "Machine and full run" section: the machine (cores, memory, the cost of a disk flush
 measured as the median of 200 ``fsync`` calls on a small file in the repository's directory),
@@ -72,6 +74,7 @@ ARGS: dict[str, tuple[list[str], list[str]]] = {
     "rss": ([], ["--quick"]),
     "peers": ([], ["--quick"]),
     "procs": ([], ["--quick", "--backends", "postgres"]),
+    "awaiters": ([], ["--quick"]),
 }
 NEEDS = {"kafka": ("WORKFLOW_TEST_KAFKA_BOOTSTRAP", "WORKFLOW_TEST_POSTGRES_URL")}
 
@@ -235,6 +238,7 @@ PARTS: dict[str, Callable[[list[str]], int]] = {
     "rss": _subprocess("bench.rss"),
     "peers": _subprocess("bench.peers"),
     "procs": _subprocess("bench.procs"),
+    "awaiters": _subprocess("bench.awaiters"),
 }
 
 
