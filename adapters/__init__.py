@@ -1,6 +1,9 @@
-"""Adapters: storage, streaming and role-scheduling back ends for :mod:`workflow`.
+"""The adapters of :mod:`workflow`: storage, streaming and role-scheduling back ends.
 
-In memory (tests, one process): :mod:`adapters.memstreamer`, :mod:`adapters.memrecordstore`,
-:mod:`adapters.memtimeoutstore`, :mod:`adapters.memrolescheduler`. Conformance suites that any
-adapter can run: :mod:`adapters.adaptertest`.
+Each back end's public names come from one module:
+
+- :mod:`workflow.adapters.memory`: in memory (tests, one process);
+- :mod:`workflow.adapters.sql`: SQLite and PostgreSQL (the ``sql`` extra);
+- :mod:`workflow.adapters.kafka`: the Kafka event streamer and connector (the ``kafka`` extra);
+- :mod:`workflow.adapters.adaptertest`: conformance suites any adapter can run.
 """

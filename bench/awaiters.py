@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.sqlrolescheduler import SQLRoleScheduler
-from adapters.sqlstreamer import SQLStreamer
 from workflow import Builder, Run, Workflow
+from workflow.adapters.sqlrolescheduler import SQLRoleScheduler
+from workflow.adapters.sqlstreamer import SQLStreamer
 
 from ._common import (
     command_line,

@@ -34,10 +34,10 @@ from typing import Any, cast
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
-from adapters.memrecordstore import MemRecordStore
-from adapters.memrolescheduler import MemRoleScheduler
-from adapters.memstreamer import MemStreamer
 from workflow import Builder, Run, RunState, Workflow
+from workflow.adapters.memrecordstore import MemRecordStore
+from workflow.adapters.memrolescheduler import MemRoleScheduler
+from workflow.adapters.memstreamer import MemStreamer
 
 from ._common import (
     Percentiles,

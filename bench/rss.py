@@ -36,10 +36,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from adapters.memrecordstore import MemRecordStore
-from adapters.memrolescheduler import MemRoleScheduler
-from adapters.memstreamer import MemStreamer
 from workflow import Builder, Record, Run, RunState, Workflow
+from workflow.adapters.memrecordstore import MemRecordStore
+from workflow.adapters.memrolescheduler import MemRoleScheduler
+from workflow.adapters.memstreamer import MemStreamer
 
 from ._common import (
     command_line,

@@ -99,9 +99,9 @@ class KafkaResult:
 async def kafka_measure(bootstrap: str, pg_url: str, runs: int, latency_runs: int) -> KafkaResult:
     from prometheus_client import CollectorRegistry
 
-    from adapters.kafkastreamer import KafkaStreamer
-    from adapters.sqlrolescheduler import SQLRoleScheduler
     from workflow import Builder, Run
+    from workflow.adapters.kafkastreamer import KafkaStreamer
+    from workflow.adapters.sqlrolescheduler import SQLRoleScheduler
 
     from . import sql
 

@@ -19,7 +19,7 @@ Per backend, one process, the real clock:
    around ``SQLRecordStore.store``; then every run is checked in the database: COMPLETED at
    DONE, version 4, object mutated 3 times — the script fails otherwise). transitions/s =
    3N / time. During throughput the SQL statements and transactions are counted (SQLAlchemy
-   events and ``adapters._fastsql.observe``) and CPU time is taken (``process_time``);
+   events and ``workflow.adapters._fastsql.observe``) and CPU time is taken (``process_time``);
 3. a cProfile of one quick throughput run (own time summed per package), unless
    ``--no-profile``.
 
@@ -59,12 +59,12 @@ from pydantic import BaseModel
 from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from adapters._fastsql import observe
-from adapters.sqlrolescheduler import SQLRoleScheduler
-from adapters.sqlschema import create_schema, drop_schema, make_engine, records
-from adapters.sqlstore import SQLRecordStore
-from adapters.sqlstreamer import SQLStreamer
 from workflow import Builder, Record, Run, RunState, Workflow
+from workflow.adapters._fastsql import observe
+from workflow.adapters.sqlrolescheduler import SQLRoleScheduler
+from workflow.adapters.sqlschema import create_schema, drop_schema, make_engine, records
+from workflow.adapters.sqlstore import SQLRecordStore
+from workflow.adapters.sqlstreamer import SQLStreamer
 
 from ._common import (
     Percentiles,
@@ -1015,7 +1015,7 @@ def preamble(args: argparse.Namespace) -> str:
             "- *Idle latency*: one run at a time, from before `trigger` to the return of "
             "`await_(…, DONE)`.",
             "- *Cost per transition*: statements counted by a `before_cursor_execute` listener "
-            "and, for the statements run on the driver, by `adapters._fastsql.observe` "
+            "and, for the statements run on the driver, by `workflow.adapters._fastsql.observe` "
             "(SQLite's explicit `BEGIN` left out); transactions by the `begin` event and "
             "`observe` (reads included; a PostgreSQL store is one autocommit statement; on "
             "SQLite the writes of one group commit count as one), CPU by "

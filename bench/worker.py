@@ -18,11 +18,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.sqlrolescheduler import SQLRoleScheduler
-from adapters.sqlschema import make_engine
-from adapters.sqlstore import SQLRecordStore
-from adapters.sqlstreamer import SQLStreamer
 from workflow import Builder, Run, Workflow
+from workflow.adapters.sqlrolescheduler import SQLRoleScheduler
+from workflow.adapters.sqlschema import make_engine
+from workflow.adapters.sqlstore import SQLRecordStore
+from workflow.adapters.sqlstreamer import SQLStreamer
 
 from .memory import Obj, make_status
 
@@ -66,7 +66,7 @@ def build(
         )
     streamer: Any
     if kafka:
-        from adapters.kafkastreamer import KafkaStreamer
+        from workflow.adapters.kafkastreamer import KafkaStreamer
 
         streamer = KafkaStreamer(kafka, namespace=namespace, fetch_max_wait_ms=10)
         store = SQLRecordStore(engine)

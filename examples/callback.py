@@ -19,10 +19,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from adapters.memrecordstore import MemRecordStore
-from adapters.memrolescheduler import MemRoleScheduler
-from adapters.memstreamer import MemStreamer
 from workflow import Builder, EventStreamer, RecordStore, RoleScheduler, Run, Workflow
+from workflow.adapters.memory import MemRecordStore, MemRoleScheduler, MemStreamer
 
 
 class Status(enum.IntEnum):

@@ -17,9 +17,6 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
-from adapters.memrecordstore import MemRecordStore
-from adapters.memrolescheduler import MemRoleScheduler
-from adapters.memstreamer import MemConnector, MemStreamer
 from workflow import (
     Builder,
     ConnectorConstructor,
@@ -32,6 +29,7 @@ from workflow import (
     Workflow,
     WorkflowInProgressError,
 )
+from workflow.adapters.memory import MemConnector, MemRecordStore, MemRoleScheduler, MemStreamer
 from workflow.testing import wait_for
 
 

@@ -23,11 +23,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
-from adapters.sqlrolescheduler import SQLRoleScheduler
-from adapters.sqlschema import create_schema, make_engine
-from adapters.sqlstore import SQLRecordStore
-from adapters.sqlstreamer import SQLStreamer
 from workflow import Builder, EventStreamer, RecordStore, RoleScheduler, Run, TypedRecord, Workflow
+from workflow.adapters.sql import (
+    SQLRecordStore,
+    SQLRoleScheduler,
+    SQLStreamer,
+    create_schema,
+    make_engine,
+)
 
 
 class Status(enum.IntEnum):

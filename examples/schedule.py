@@ -20,10 +20,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
-from adapters.memrecordstore import MemRecordStore
-from adapters.memrolescheduler import MemRoleScheduler
-from adapters.memstreamer import MemStreamer
 from workflow import Builder, EventStreamer, RecordStore, RoleScheduler, Run, Workflow
+from workflow.adapters.memory import MemRecordStore, MemRoleScheduler, MemStreamer
 from workflow.testing import FakeClock, wait_for
 
 FOREIGN_ID = "hourly-run"

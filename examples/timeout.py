@@ -20,10 +20,6 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
-from adapters.memrecordstore import MemRecordStore
-from adapters.memrolescheduler import MemRoleScheduler
-from adapters.memstreamer import MemStreamer
-from adapters.memtimeoutstore import MemTimeoutStore
 from workflow import (
     Builder,
     EventStreamer,
@@ -33,6 +29,12 @@ from workflow import (
     TimeoutStore,
     Workflow,
     duration_timer,
+)
+from workflow.adapters.memory import (
+    MemRecordStore,
+    MemRoleScheduler,
+    MemStreamer,
+    MemTimeoutStore,
 )
 from workflow.testing import FakeClock, await_timeout_insert
 

@@ -1,7 +1,8 @@
-"""Alembic environment for the workflow SQL adapters' tables (``adapters.sqlschema``).
+"""Alembic environment for the workflow SQL adapters' tables (``workflow.adapters.sqlschema``).
 
-The database URL is ``$WORKFLOW_DATABASE_URL`` if set, else ``sqlalchemy.url`` from
-alembic.ini; async URLs (``sqlite+aiosqlite://``, ``postgresql+asyncpg://``) are expected.
+The database URL is ``config.attributes["url"]`` (``workflow.adapters.migrate``), else
+``$WORKFLOW_DATABASE_URL`` if set, else ``sqlalchemy.url`` from alembic.ini; async URLs
+(``sqlite+aiosqlite://``, ``postgresql+asyncpg://``) are expected.
 A PostgreSQL schema (other than the connection's default) is chosen with
 ``alembic -x schema=NAME ...`` or ``$WORKFLOW_DATABASE_SCHEMA``: the tables and the
 ``alembic_version`` table then live in that (existing) schema.
@@ -27,7 +28,7 @@ from sqlalchemy import event, pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import async_engine_from_config
 
-from adapters.sqlschema import metadata
+from workflow.adapters.sqlschema import metadata
 
 URL_ENV = "WORKFLOW_DATABASE_URL"
 SCHEMA_ENV = "WORKFLOW_DATABASE_SCHEMA"
@@ -45,7 +46,11 @@ if (
 
 
 def _url() -> str:
-    url = os.environ.get(URL_ENV) or config.get_main_option("sqlalchemy.url")
+    url = (
+        config.attributes.get("url")
+        or os.environ.get(URL_ENV)
+        or config.get_main_option("sqlalchemy.url")
+    )
     if not url:
         raise RuntimeError(f"set {URL_ENV} or sqlalchemy.url in alembic.ini")
     return url
@@ -69,7 +74,7 @@ def compare_server_default(
     inspected_column: sa.Column[Any],
     metadata_column: sa.Column[Any],
     inspected_default: str | None,
-    metadata_default: sa.schema.DefaultClause | None,
+    metadata_default: sa.schema.FetchedValue | None,
     rendered_metadata_default: str | None,
 ) -> bool | None:
     """Alembic's own comparison (``None``), except for ``DEFAULT ''`` on SQLite: alembic

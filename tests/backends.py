@@ -12,15 +12,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.memrecordstore import MemRecordStore
-from adapters.memrolescheduler import MemRoleScheduler
-from adapters.memstreamer import MemStreamer
-from adapters.memtimeoutstore import MemTimeoutStore
-from adapters.sqlrolescheduler import SQLRoleScheduler
-from adapters.sqlstore import SQLRecordStore
-from adapters.sqlstreamer import SQLStreamer
-from adapters.sqltimeout import SQLTimeoutStore
 from workflow import Builder, Workflow
+from workflow.adapters.memrecordstore import MemRecordStore
+from workflow.adapters.memrolescheduler import MemRoleScheduler
+from workflow.adapters.memstreamer import MemStreamer
+from workflow.adapters.memtimeoutstore import MemTimeoutStore
+from workflow.adapters.sqlrolescheduler import SQLRoleScheduler
+from workflow.adapters.sqlstore import SQLRecordStore
+from workflow.adapters.sqlstreamer import SQLStreamer
+from workflow.adapters.sqltimeout import SQLTimeoutStore
 from workflow.testing import FakeClock
 
 

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from adapters.sqlschema import create_schema, make_engine
+from workflow.adapters.sqlschema import create_schema, make_engine
 from workflow.testing import FakeClock
 
 

@@ -8,11 +8,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
-from adapters.memrecordstore import MemRecordStore
-from adapters.memrolescheduler import MemRoleScheduler
-from adapters.memstreamer import MemStreamer
-from adapters.memtimeoutstore import MemTimeoutStore
 from workflow import Builder, Workflow
+from workflow.adapters.memrecordstore import MemRecordStore
+from workflow.adapters.memrolescheduler import MemRoleScheduler
+from workflow.adapters.memstreamer import MemStreamer
+from workflow.adapters.memtimeoutstore import MemTimeoutStore
 from workflow.testing import FakeClock
 
 

@@ -1,4 +1,4 @@
-"""The conformance suites of ``adapters.adaptertest`` against the in-memory adapters, and
+"""The conformance suites of ``workflow.adapters.adaptertest`` against the in-memory adapters, and
 proof that the suites fail on adapters that break the contract."""
 
 from __future__ import annotations
@@ -11,19 +11,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from adapters import adaptertest
-from adapters.adaptertest import (
-    _roles,
-    run_connector_test,
-    run_event_streamer_test,
-    run_record_store_test,
-    run_role_scheduler_test,
-    run_timeout_store_test,
-)
-from adapters.memrecordstore import MemRecordStore
-from adapters.memrolescheduler import MemRoleScheduler
-from adapters.memstreamer import MemConnector, MemStreamer
-from adapters.memtimeoutstore import MemTimeoutStore
 from workflow import (
     ConnectorEvent,
     Event,
@@ -40,6 +27,19 @@ from workflow import (
     TimeoutRecord,
 )
 from workflow._adapters import Ack
+from workflow.adapters import adaptertest
+from workflow.adapters.adaptertest import (
+    _roles,
+    run_connector_test,
+    run_event_streamer_test,
+    run_record_store_test,
+    run_role_scheduler_test,
+    run_timeout_store_test,
+)
+from workflow.adapters.memrecordstore import MemRecordStore
+from workflow.adapters.memrolescheduler import MemRoleScheduler
+from workflow.adapters.memstreamer import MemConnector, MemStreamer
+from workflow.adapters.memtimeoutstore import MemTimeoutStore
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from adapters.memrecordstore import MemRecordStore
 from workflow import Builder, Record, Run
+from workflow.adapters.memrecordstore import MemRecordStore
 from workflow.testing import FakeClock
 
 from .backends import Backend

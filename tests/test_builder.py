@@ -8,10 +8,10 @@ from datetime import timedelta
 import pytest
 from prometheus_client import CollectorRegistry
 
-from adapters.memrecordstore import MemRecordStore
-from adapters.memrolescheduler import MemRoleScheduler
-from adapters.memstreamer import MemStreamer
 from workflow import Builder, Run, State, mermaid
+from workflow.adapters.memrecordstore import MemRecordStore
+from workflow.adapters.memrolescheduler import MemRoleScheduler
+from workflow.adapters.memstreamer import MemStreamer
 from workflow.testing import FakeClock
 
 from .support import Obj, Status, build
@@ -128,7 +128,7 @@ def test_options_accept_seconds_and_timedelta_and_lag_raises_lag_alert(
 
 
 def test_connector_names_are_unique() -> None:
-    from adapters.memstreamer import MemConnector
+    from workflow.adapters.memstreamer import MemConnector
 
     b = Builder[Obj, Status]("conn")
     b.add_step(Status.STARTED, noop, Status.DONE)
@@ -148,7 +148,7 @@ def test_default_start_is_first_from_status_even_in_a_cycle(
 
 
 async def test_process_names_match_luno(clock: FakeClock, registry: CollectorRegistry) -> None:
-    from adapters.memstreamer import MemConnector
+    from workflow.adapters.memstreamer import MemConnector
 
     b = Builder[Obj, Status]("example")
     b.add_step(Status.STARTED, noop, Status.MIDDLE)
@@ -265,7 +265,7 @@ def test_functions_must_be_callable() -> None:
 
 
 def test_connectors_need_a_name_and_a_constructor() -> None:
-    from adapters.memstreamer import MemConnector
+    from workflow.adapters.memstreamer import MemConnector
 
     b = Builder[Obj, Status]("conn")
     b.add_step(Status.STARTED, noop, Status.DONE)

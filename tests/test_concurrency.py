@@ -7,10 +7,10 @@ from collections import Counter
 
 from prometheus_client import CollectorRegistry
 
-from adapters.memrecordstore import MemRecordStore
-from adapters.memrolescheduler import MemRoleScheduler
-from adapters.memstreamer import MemStreamer
 from workflow import Builder, Run, RunState
+from workflow.adapters.memrecordstore import MemRecordStore
+from workflow.adapters.memrolescheduler import MemRoleScheduler
+from workflow.adapters.memstreamer import MemStreamer
 from workflow.testing import FakeClock, wait_for
 
 from .support import Obj, Status

@@ -13,9 +13,6 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from adapters.memrecordstore import MemRecordStore
-from adapters.memrolescheduler import MemRoleScheduler
-from adapters.memstreamer import MemConnector, MemStreamer
 from workflow import (
     Builder,
     ConnectorEvent,
@@ -24,6 +21,9 @@ from workflow import (
     Workflow,
     WorkflowInProgressError,
 )
+from workflow.adapters.memrecordstore import MemRecordStore
+from workflow.adapters.memrolescheduler import MemRoleScheduler
+from workflow.adapters.memstreamer import MemConnector, MemStreamer
 from workflow.testing import FakeClock, require
 
 WF = "example"

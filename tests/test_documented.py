@@ -12,10 +12,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
-from adapters.memrecordstore import MemRecordStore
-from adapters.memrolescheduler import MemRoleScheduler
-from adapters.memstreamer import MemStreamer
 from workflow import Builder, ConcurrentUpdateError, OutboxOptions, Record, Run, RunState
+from workflow.adapters.memrecordstore import MemRecordStore
+from workflow.adapters.memrolescheduler import MemRoleScheduler
+from workflow.adapters.memstreamer import MemStreamer
 from workflow.testing import FakeClock, wait_for
 
 from .support import Obj, Status, build

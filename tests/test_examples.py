@@ -11,12 +11,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from adapters.memrecordstore import MemRecordStore
-from adapters.memrolescheduler import MemRoleScheduler
-from adapters.memstreamer import MemConnector, MemStreamer
-from adapters.memtimeoutstore import MemTimeoutStore
 from examples import callback, connector, gettingstarted, schedule, timeout
 from workflow import ConnectorEvent, RunState, TypedRecord, Workflow
+from workflow.adapters.memrecordstore import MemRecordStore
+from workflow.adapters.memrolescheduler import MemRoleScheduler
+from workflow.adapters.memstreamer import MemConnector, MemStreamer
+from workflow.adapters.memtimeoutstore import MemTimeoutStore
 from workflow.testing import (
     FakeClock,
     await_timeout_insert,

@@ -17,12 +17,12 @@ from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.kafkastreamer import KafkaConnector, KafkaStreamer
-from adapters.sqlrolescheduler import SQLRoleScheduler
-from adapters.sqlschema import create_schema
-from adapters.sqlstore import SQLRecordStore
-from adapters.sqltimeout import SQLTimeoutStore
 from workflow import ConnectorEvent, Workflow
+from workflow.adapters.kafkastreamer import KafkaConnector, KafkaStreamer
+from workflow.adapters.sqlrolescheduler import SQLRoleScheduler
+from workflow.adapters.sqlschema import create_schema
+from workflow.adapters.sqlstore import SQLRecordStore
+from workflow.adapters.sqltimeout import SQLTimeoutStore
 from workflow.testing import FakeClock, wait_for
 
 from . import test_e2e_backends as e2e

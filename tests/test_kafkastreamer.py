@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 import pytest
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
-from adapters.adaptertest import run_connector_test, run_event_streamer_test
-from adapters.kafkastreamer import KafkaConnector, KafkaStreamer
 from workflow import ConnectorEvent, Event, EventReceiver
+from workflow.adapters.adaptertest import run_connector_test, run_event_streamer_test
+from workflow.adapters.kafkastreamer import KafkaConnector, KafkaStreamer
 from workflow.testing import FakeClock
 
 from .procs.kafka_worker import FAST, namespace, need_kafka

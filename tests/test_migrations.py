@@ -1,5 +1,5 @@
 """The alembic migrations in ``migrations/`` create exactly the tables of
-``adapters.sqlschema`` (what ``create_schema`` creates), on SQLite and on PostgreSQL, and
+``workflow.adapters.sqlschema`` (what ``create_schema`` creates), on SQLite and on PostgreSQL, and
 ``downgrade base`` removes them again."""
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from adapters.sqlschema import make_engine, metadata
 from workflow import RunState
+from workflow.adapters.sqlschema import make_engine, metadata
 
 from .conftest import _need_postgres
 
@@ -112,7 +112,7 @@ class Database:
     engine: AsyncEngine  # sees the migrated tables (search_path = schema on PostgreSQL)
     schema: str | None = None  # PostgreSQL: alembic is told to migrate this schema
     default: AsyncEngine | None = None  # PostgreSQL: on the server's default search_path
-    reference: AsyncEngine | None = None  # adapters.sqlschema.create_schema ran here
+    reference: AsyncEngine | None = None  # workflow.adapters.sqlschema.create_schema ran here
 
 
 @pytest.fixture
@@ -330,7 +330,7 @@ def test_alembic_check_passes_on_head_and_fails_on_a_drifted_database(tmp_path: 
 async def test_stamp_head_puts_a_create_schema_database_under_alembic(tmp_path: Path) -> None:
     """docs/migrations.md: a database made by ``create_schema`` is put under alembic with
     ``alembic stamp head``; ``upgrade head`` then has nothing to do and ``check`` passes."""
-    from adapters.sqlschema import create_schema
+    from workflow.adapters.sqlschema import create_schema
 
     db = tmp_path / "stamped.db"
     engine = make_engine(f"sqlite+aiosqlite:///{db}")

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.sqlschema import create_schema, history
+from workflow.adapters.sqlschema import create_schema, history
 
 from .procs.worker import Status, build, count_done, engine_for
 

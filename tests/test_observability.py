@@ -150,9 +150,9 @@ async def test_a_failing_role_scheduler_is_logged_once_then_recovery(
 ) -> None:
     """A database outage fails every role request of every process: one traceback per
     process, not one per attempt, and a line when it works again."""
-    from adapters.memrecordstore import MemRecordStore
-    from adapters.memrolescheduler import MemRoleScheduler
-    from adapters.memstreamer import MemStreamer
+    from workflow.adapters.memrecordstore import MemRecordStore
+    from workflow.adapters.memrolescheduler import MemRoleScheduler
+    from workflow.adapters.memstreamer import MemStreamer
 
     many_failed = asyncio.Event()
 
@@ -219,9 +219,9 @@ async def test_an_outage_that_lasts_is_logged_again_without_a_traceback(
 ) -> None:
     """After the first line, a lasting outage gets one line per ROLE_ERROR_LOG_EVERY seconds
     (set to 0 here, so every later attempt logs one) that counts the attempts."""
-    from adapters.memrecordstore import MemRecordStore
-    from adapters.memrolescheduler import MemRoleScheduler
-    from adapters.memstreamer import MemStreamer
+    from workflow.adapters.memrecordstore import MemRecordStore
+    from workflow.adapters.memrolescheduler import MemRoleScheduler
+    from workflow.adapters.memstreamer import MemStreamer
 
     monkeypatch.setattr("workflow._process.ROLE_ERROR_LOG_EVERY", 0.0)
     three = asyncio.Event()

@@ -270,9 +270,9 @@ async def test_a_user_timeout_error_is_not_taken_for_the_step_timeout(
 _NEVER_RETURNS = textwrap.dedent(
     """
     import asyncio, threading, sys
-    from adapters.memrecordstore import MemRecordStore
-    from adapters.memrolescheduler import MemRoleScheduler
-    from adapters.memstreamer import MemStreamer
+    from workflow.adapters.memrecordstore import MemRecordStore
+    from workflow.adapters.memrolescheduler import MemRoleScheduler
+    from workflow.adapters.memstreamer import MemStreamer
     from tests.support import Obj, Status
     from workflow import Builder
 

@@ -7,7 +7,6 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry
 
-from adapters.memrecordstore import MemRecordStore
 from workflow import (
     Builder,
     RecordNotFoundError,
@@ -20,6 +19,7 @@ from workflow import (
     Workflow,
 )
 from workflow._runstate import can_move
+from workflow.adapters.memrecordstore import MemRecordStore
 from workflow.testing import FakeClock
 
 from .support import Obj, Status, build

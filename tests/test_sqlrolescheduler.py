@@ -21,12 +21,12 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from adapters.adaptertest import run_role_scheduler_test
-from adapters.memrecordstore import MemRecordStore
-from adapters.memstreamer import MemStreamer
-from adapters.sqlrolescheduler import SQLRoleScheduler
-from adapters.sqlschema import leases, make_engine
 from workflow import Builder, Lease, RoleScheduler, Run
+from workflow.adapters.adaptertest import run_role_scheduler_test
+from workflow.adapters.memrecordstore import MemRecordStore
+from workflow.adapters.memstreamer import MemStreamer
+from workflow.adapters.sqlrolescheduler import SQLRoleScheduler
+from workflow.adapters.sqlschema import leases, make_engine
 from workflow.testing import FakeClock, require
 
 from .support import Obj, Status

@@ -10,9 +10,6 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.adaptertest import run_record_store_test
-from adapters.sqlschema import history, outbox, records
-from adapters.sqlstore import SQLRecordStore
 from workflow import (
     ConcurrentUpdateError,
     Meta,
@@ -21,6 +18,9 @@ from workflow import (
     RunState,
     WorkflowInProgressError,
 )
+from workflow.adapters.adaptertest import run_record_store_test
+from workflow.adapters.sqlschema import history, outbox, records
+from workflow.adapters.sqlstore import SQLRecordStore
 
 
 async def _empty(engine: AsyncEngine) -> SQLRecordStore:
@@ -145,7 +145,7 @@ async def test_concurrent_stores_are_applied_or_refused_each_on_its_own(
 async def test_a_store_cancelled_before_it_is_written_writes_nothing(
     sqlite_engine: AsyncEngine,
 ) -> None:
-    from adapters._fastsql import sqlite_writer
+    from workflow.adapters._fastsql import sqlite_writer
 
     store = SQLRecordStore(sqlite_engine)
     lock = sqlite_writer(sqlite_engine)

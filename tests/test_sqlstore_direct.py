@@ -14,10 +14,6 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.memrolescheduler import MemRoleScheduler
-from adapters.sqlschema import create_schema, events, make_engine, outbox
-from adapters.sqlstore import SQLRecordStore
-from adapters.sqlstreamer import SQLStreamer, insert_events
 from workflow import (
     Builder,
     ConcurrentUpdateError,
@@ -28,6 +24,10 @@ from workflow import (
     WorkflowInProgressError,
     make_outbox_event,
 )
+from workflow.adapters.memrolescheduler import MemRoleScheduler
+from workflow.adapters.sqlschema import create_schema, events, make_engine, outbox
+from workflow.adapters.sqlstore import SQLRecordStore
+from workflow.adapters.sqlstreamer import SQLStreamer, insert_events
 from workflow.testing import FakeClock
 
 from .test_sqlstreamer import _blocked_inserts, stored_ids, take, until, waiting

@@ -14,11 +14,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from adapters import sqlstreamer
-from adapters.adaptertest import run_event_streamer_test
-from adapters.sqlschema import cursors, events, make_engine
-from adapters.sqlstreamer import SQLReceiver, SQLStreamer, insert_events
 from workflow import Event
+from workflow.adapters import sqlstreamer
+from workflow.adapters.adaptertest import run_event_streamer_test
+from workflow.adapters.sqlschema import cursors, events, make_engine
+from workflow.adapters.sqlstreamer import SQLReceiver, SQLStreamer, insert_events
 from workflow.testing import FakeClock
 
 Make = Callable[..., SQLStreamer]

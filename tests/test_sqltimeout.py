@@ -8,10 +8,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.adaptertest import run_timeout_store_test
-from adapters.sqlschema import timeouts
-from adapters.sqltimeout import SQLTimeoutStore
 from workflow import TimeoutStore
+from workflow.adapters.adaptertest import run_timeout_store_test
+from workflow.adapters.sqlschema import timeouts
+from workflow.adapters.sqltimeout import SQLTimeoutStore
 from workflow.testing import FakeClock
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, 654321, tzinfo=UTC)

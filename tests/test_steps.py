@@ -9,11 +9,11 @@ from datetime import timedelta
 from prometheus_client import CollectorRegistry
 from pydantic import Field
 
-from adapters.memrecordstore import MemRecordStore
-from adapters.memrolescheduler import MemRoleScheduler
-from adapters.memstreamer import MemStreamer
 from workflow import Builder, NonRetryableError, Run, RunState, State
 from workflow._process import shard_of
+from workflow.adapters.memrecordstore import MemRecordStore
+from workflow.adapters.memrolescheduler import MemRoleScheduler
+from workflow.adapters.memstreamer import MemStreamer
 from workflow.testing import FakeClock, require, wait_for
 
 from .support import Obj, Status, build

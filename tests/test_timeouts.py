@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from adapters.memrecordstore import MemRecordStore
-from adapters.memrolescheduler import MemRoleScheduler
-from adapters.memstreamer import MemStreamer
-from adapters.memtimeoutstore import MemTimeoutStore
 from workflow import Builder, Run, RunState, Workflow, duration_timer
+from workflow.adapters.memrecordstore import MemRecordStore
+from workflow.adapters.memrolescheduler import MemRoleScheduler
+from workflow.adapters.memstreamer import MemStreamer
+from workflow.adapters.memtimeoutstore import MemTimeoutStore
 from workflow.testing import FakeClock, await_timeout_insert, wait_for
 
 EXPECTED_USER_ID = 984892374983743

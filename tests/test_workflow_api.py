@@ -10,9 +10,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ValidationError
 
-from adapters.memrecordstore import MemRecordStore
-from adapters.memrolescheduler import MemRoleScheduler
-from adapters.memstreamer import MemStreamer
 from workflow import (
     Builder,
     Filter,
@@ -24,6 +21,9 @@ from workflow import (
     State,
     WorkflowInProgressError,
 )
+from workflow.adapters.memrecordstore import MemRecordStore
+from workflow.adapters.memrolescheduler import MemRoleScheduler
+from workflow.adapters.memstreamer import MemStreamer
 from workflow.testing import FakeClock, require, trigger_callback_on
 
 from .support import Obj, Status, build

@@ -1,6 +1,6 @@
 """The adapter contracts: small protocols that every storage / streaming back end implements.
 
-Every method is ``async``. ``adapters.adaptertest`` holds conformance suites for each one.
+Every method is ``async``. ``workflow.adapters.adaptertest`` holds conformance suites for each one.
 """
 
 from __future__ import annotations

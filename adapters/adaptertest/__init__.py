@@ -5,7 +5,7 @@ Each suite is an ``async`` function that needs no test framework: it returns whe
 conforms and raises ``AssertionError`` naming the first behaviour it got wrong. With pytest and
 pytest-asyncio::
 
-    from adapters.adaptertest import (
+    from workflow.adapters.adaptertest import (
         run_connector_test,
         run_event_streamer_test,
         run_record_store_test,

@@ -2,7 +2,7 @@
 
 Run it against your own connector from any test runner::
 
-    from adapters.adaptertest import run_connector_test
+    from workflow.adapters.adaptertest import run_connector_test
 
     async def test_my_connector() -> None:
         await run_connector_test(lambda events: MyConnector(seed_topic(events)))
@@ -20,11 +20,11 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry
 
-from adapters.memrecordstore import MemRecordStore
-from adapters.memrolescheduler import MemRoleScheduler
-from adapters.memstreamer import MemStreamer
 from workflow import Builder, ConnectorConstructor, ConnectorConsumer, ConnectorEvent, Run, Workflow
 from workflow._adapters import Ack
+from workflow.adapters.memrecordstore import MemRecordStore
+from workflow.adapters.memrolescheduler import MemRoleScheduler
+from workflow.adapters.memstreamer import MemStreamer
 from workflow.testing import require
 
 from ._roles import check, resolve, run_checks, within

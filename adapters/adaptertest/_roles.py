@@ -1,9 +1,9 @@
 """Conformance suite for :class:`workflow.RoleScheduler` adapters (and the small helpers that
-every suite of :mod:`adapters.adaptertest` shares).
+every suite of :mod:`workflow.adapters.adaptertest` shares).
 
 Run it against your own scheduler from any test runner::
 
-    from adapters.adaptertest import run_role_scheduler_test
+    from workflow.adapters.adaptertest import run_role_scheduler_test
 
     async def test_my_role_scheduler() -> None:
         await run_role_scheduler_test(lambda n: [MyRoleScheduler(db) for _ in range(n)])

@@ -2,7 +2,7 @@
 
 Run it against your own store from any test runner::
 
-    from adapters.adaptertest import run_record_store_test
+    from workflow.adapters.adaptertest import run_record_store_test
 
     async def test_my_store() -> None:
         await run_record_store_test(make_empty_store)  # plain or async, no arguments

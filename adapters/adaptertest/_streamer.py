@@ -2,7 +2,7 @@
 
 Run it against your own streamer from any test runner::
 
-    from adapters.adaptertest import run_event_streamer_test
+    from workflow.adapters.adaptertest import run_event_streamer_test
 
     async def test_my_streamer() -> None:
         await run_event_streamer_test(lambda: MyStreamer(...))
@@ -25,12 +25,12 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
-from adapters.memrecordstore import MemRecordStore
-from adapters.memrolescheduler import MemRoleScheduler
-from adapters.memtimeoutstore import MemTimeoutStore
 from workflow import Builder, Event, EventReceiver, EventStreamer, Run
 from workflow._adapters import Ack
 from workflow._run import Directive
+from workflow.adapters.memrecordstore import MemRecordStore
+from workflow.adapters.memrolescheduler import MemRoleScheduler
+from workflow.adapters.memtimeoutstore import MemTimeoutStore
 from workflow.testing import FakeClock, await_timeout_insert
 
 from ._roles import check, resolve, run_checks, settle, stop, within

@@ -2,7 +2,7 @@
 
 Run it against your own store from any test runner::
 
-    from adapters.adaptertest import run_timeout_store_test
+    from workflow.adapters.adaptertest import run_timeout_store_test
 
     async def test_my_timeout_store() -> None:
         await run_timeout_store_test(make_empty_timeout_store)  # plain or async, no arguments

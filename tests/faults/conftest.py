@@ -14,7 +14,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.sqlschema import records
+from workflow.adapters.sqlschema import records
 
 from ..procs.worker import count_done
 from ..test_multiprocess import check_each_transition_once

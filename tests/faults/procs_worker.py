@@ -27,12 +27,12 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.sqlrolescheduler import SQLRoleScheduler
-from adapters.sqlschema import make_engine
-from adapters.sqlstore import SQLRecordStore
-from adapters.sqlstreamer import SQLStreamer
 from tests.procs.lifetime import die_with_parent
 from workflow import Builder, Run, TypedRecord, Workflow
+from workflow.adapters.sqlrolescheduler import SQLRoleScheduler
+from workflow.adapters.sqlschema import make_engine
+from workflow.adapters.sqlstore import SQLRecordStore
+from workflow.adapters.sqlstreamer import SQLStreamer
 
 from ..procs.worker import Order, Status
 
@@ -76,7 +76,7 @@ def build(
     b.on_complete(completed)
     streamer: Any
     if kafka:
-        from adapters.kafkastreamer import KafkaStreamer
+        from workflow.adapters.kafkastreamer import KafkaStreamer
 
         from ..procs.kafka_worker import FAST
 

@@ -23,10 +23,6 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict
 
-from adapters.memrecordstore import MemRecordStore
-from adapters.memrolescheduler import MemRoleScheduler
-from adapters.memstreamer import MemStreamer
-from adapters.memtimeoutstore import MemTimeoutStore
 from workflow import (
     Builder,
     InvalidTransitionError,
@@ -39,6 +35,10 @@ from workflow import (
     Workflow,
     WorkflowInProgressError,
 )
+from workflow.adapters.memrecordstore import MemRecordStore
+from workflow.adapters.memrolescheduler import MemRoleScheduler
+from workflow.adapters.memstreamer import MemStreamer
+from workflow.adapters.memtimeoutstore import MemTimeoutStore
 from workflow.testing import FakeClock
 
 from ..backends import Backend

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.sqlschema import create_schema, history
+from workflow.adapters.sqlschema import create_schema, history
 
 from ..procs import kafka_worker
 from ..procs.kafka_worker import namespace, need_kafka

@@ -23,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
-from adapters.sqlschema import create_schema, make_engine
+from workflow.adapters.sqlschema import create_schema, make_engine
 
 from ..procs.worker import build, count_done
 from .conftest import Worker, check_completed_once

@@ -26,13 +26,6 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.memrecordstore import MemRecordStore
-from adapters.memrolescheduler import MemRoleScheduler
-from adapters.memstreamer import MemStreamer
-from adapters.sqlrolescheduler import SQLRoleScheduler
-from adapters.sqlschema import create_schema
-from adapters.sqlstore import SQLRecordStore
-from adapters.sqlstreamer import SQLStreamer
 from workflow import (
     Builder,
     Record,
@@ -42,6 +35,13 @@ from workflow import (
     Workflow,
     WorkflowError,
 )
+from workflow.adapters.memrecordstore import MemRecordStore
+from workflow.adapters.memrolescheduler import MemRoleScheduler
+from workflow.adapters.memstreamer import MemStreamer
+from workflow.adapters.sqlrolescheduler import SQLRoleScheduler
+from workflow.adapters.sqlschema import create_schema
+from workflow.adapters.sqlstore import SQLRecordStore
+from workflow.adapters.sqlstreamer import SQLStreamer
 
 from ..procs.worker import build as build_load
 from ..procs.worker import engine_for

@@ -32,11 +32,11 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.kafkastreamer import KafkaStreamer
-from adapters.sqlrolescheduler import SQLRoleScheduler
-from adapters.sqlstore import SQLRecordStore
 from tests.procs.lifetime import die_with_parent
 from workflow import Builder, Lease, RoleScheduler, Run, Workflow
+from workflow.adapters.kafkastreamer import KafkaStreamer
+from workflow.adapters.sqlrolescheduler import SQLRoleScheduler
+from workflow.adapters.sqlstore import SQLRecordStore
 
 from .worker import engine_for
 

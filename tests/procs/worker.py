@@ -22,12 +22,12 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.sqlrolescheduler import SQLRoleScheduler
-from adapters.sqlschema import make_engine
-from adapters.sqlstore import SQLRecordStore
-from adapters.sqlstreamer import SQLStreamer
 from tests.procs.lifetime import die_with_parent
 from workflow import Builder, Run, Workflow
+from workflow.adapters.sqlrolescheduler import SQLRoleScheduler
+from workflow.adapters.sqlschema import make_engine
+from workflow.adapters.sqlstore import SQLRecordStore
+from workflow.adapters.sqlstreamer import SQLStreamer
 
 
 class Status(enum.IntEnum):
