@@ -93,8 +93,12 @@ def test_destinations_are_required() -> None:
 def test_options_are_validated() -> None:
     b = Builder[Obj, Status]("opts")
     h = b.add_step(Status.STARTED, noop, Status.DONE)
-    with pytest.raises(ValueError, match="unknown option"):
-        h.with_options(parralel_count=2)
+    with pytest.raises(TypeError, match="parralel_count"):  # a typo fails at the call
+        h.with_options(parralel_count=2)  # type: ignore[call-arg]
+    typo = Builder[Obj, Status]("typo")
+    typo.add_step(Status.STARTED, noop, Status.DONE)
+    with pytest.raises(TypeError, match="unknown option"):
+        typo.build(MemStreamer(), MemRecordStore(), MemRoleScheduler(), default_options={"lagg": 1})
     with pytest.raises(ValueError, match="parallel_count"):
         h.with_options(parallel_count=0)
     with pytest.raises(ValueError, match="negative"):

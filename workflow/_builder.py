@@ -35,6 +35,10 @@ HookFn = Callable[[TypedRecord[T, S]], Awaitable[None] | None]
 ConnectorFn = Callable[["Workflow[T, S]", ConnectorEvent], Awaitable[None] | None]
 
 
+Duration = timedelta | float
+"""A duration option: a ``timedelta`` or a number of seconds."""
+
+
 def duration_timer(duration: timedelta | float) -> Callable[[Any, datetime], datetime]:
     """A timer function that expires ``duration`` after the run reaches the status."""
     d = as_timedelta(duration)
@@ -76,12 +80,35 @@ class _Handle:
         self._target = target
         self._what = what
 
-    def with_options(self, **options: Any) -> _Handle:
-        """Set options; each one replaces a previous value.
-
-        ``parallel_count``, ``polling_frequency``, ``err_backoff``, ``lag``, ``lag_alert``,
-        ``pause_after_err_count``.
+    def with_options(
+        self,
+        *,
+        parallel_count: int | None = None,
+        polling_frequency: Duration | None = None,
+        err_backoff: Duration | None = None,
+        lag: Duration | None = None,
+        lag_alert: Duration | None = None,
+        pause_after_err_count: int | None = None,
+        concurrency: int | None = None,
+        step_timeout: Duration | None = None,
+    ) -> _Handle:
+        """Set this process's options; each one given replaces a previous value, and one not
+        given (``None``) keeps the workflow's default (``build(default_options=...)``), which
+        falls back to the built-in default. ``None`` never means "off": an option that can be
+        off is off at zero (``err_backoff=0``, ``pause_after_err_count=0``, ``lag=0``,
+        ``step_timeout=0``). Durations are a ``timedelta`` or seconds. The README's options
+        table says what each one does.
         """
+        options = {
+            "parallel_count": parallel_count,
+            "polling_frequency": polling_frequency,
+            "err_backoff": err_backoff,
+            "lag": lag,
+            "lag_alert": lag_alert,
+            "pause_after_err_count": pause_after_err_count,
+            "concurrency": concurrency,
+            "step_timeout": step_timeout,
+        }
         for name in self._refused:
             if options.get(name) is not None:
                 raise ValueError(f"{self._what} cannot be configured with {name}")

@@ -72,7 +72,7 @@ def make_options(**options: Any) -> ProcessOptions:
     known = set(_DURATIONS) | set(_COUNTS)
     unknown = sorted(set(options) - known)
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown}; valid options are {sorted(known)}")
+        raise TypeError(f"unknown option(s) {unknown}; valid options are {sorted(known)}")
     values: dict[str, Any] = {}
     for name in _DURATIONS:
         if name in options and options[name] is not None:
