@@ -30,13 +30,7 @@ from workflow import (
     Workflow,
     duration_timer,
 )
-from workflow.adapters.memory import (
-    MemRecordStore,
-    MemRoleScheduler,
-    MemStreamer,
-    MemTimeoutStore,
-)
-from workflow.testing import FakeClock, await_timeout_insert
+from workflow.testing import FakeClock, await_timeout_insert, in_memory
 
 TIMEOUT = timedelta(hours=1)
 
@@ -58,6 +52,14 @@ async def record_the_time(run: Run[Reminder, Status], now: datetime) -> Status:
     return Status.DONE
 
 
+def builder() -> Builder[Reminder, Status]:
+    b = Builder[Reminder, Status]("timeout example")
+    # duration_timer(d) arms the timer d after the run reaches STARTED. Any function
+    # timer(run, now) -> datetime | None works too (None: no timer for this run).
+    b.add_timeout(Status.STARTED, duration_timer(TIMEOUT), record_the_time, Status.DONE)
+    return b
+
+
 def build(
     streamer: EventStreamer,
     store: RecordStore,
@@ -65,23 +67,19 @@ def build(
     timeout_store: TimeoutStore,
     **build_kwargs: Any,
 ) -> Workflow[Reminder, Status]:
-    b = Builder[Reminder, Status]("timeout example")
-    # duration_timer(d) arms the timer d after the run reaches STARTED. Any function
-    # timer(run, now) -> datetime | None works too (None: no timer for this run).
-    b.add_timeout(Status.STARTED, duration_timer(TIMEOUT), record_the_time, Status.DONE)
-    return b.build(streamer, store, roles, timeout_store=timeout_store, **build_kwargs)
+    """The workflow on the adapters you choose (production: the SQL adapters)."""
+    return builder().build(streamer, store, roles, timeout_store=timeout_store, **build_kwargs)
 
 
 async def main(metrics_registry: CollectorRegistry | None = None) -> None:
-    clock = FakeClock(datetime(2024, 1, 1, 9, 0, tzinfo=UTC))
-    wf = build(
-        MemStreamer(clock),
-        MemRecordStore(),
-        MemRoleScheduler(),
-        MemTimeoutStore(clock),
-        clock=clock,  # leave it out in production: the engine then uses the wall clock
+    # In memory, on a clock that moves only when told to (the engine uses the wall clock
+    # unless given one): one call builds the workflow on fresh memory adapters.
+    env = in_memory(
+        builder(),
+        clock=FakeClock(datetime(2024, 1, 1, 9, 0, tzinfo=UTC)),
         metrics_registry=metrics_registry,
     )
+    wf, clock = env.wf, env.clock
     async with wf:
         run_id = await wf.trigger("andrew")
         print(f"  {clock.now():%H:%M} triggered run {run_id} for 'andrew'")

@@ -16,10 +16,10 @@ from workflow import ConnectorEvent, RunState, TypedRecord, Workflow
 from workflow.adapters.memrecordstore import MemRecordStore
 from workflow.adapters.memrolescheduler import MemRoleScheduler
 from workflow.adapters.memstreamer import MemConnector, MemStreamer
-from workflow.adapters.memtimeoutstore import MemTimeoutStore
 from workflow.testing import (
     FakeClock,
     await_timeout_insert,
+    in_memory,
     require,
     trigger_callback_on,
     wait_for,
@@ -167,15 +167,8 @@ async def test_timeout_fires_only_once_the_clock_passes_the_deadline(
     clock: FakeClock, registry: CollectorRegistry
 ) -> None:
     S = timeout.Status
-    timeouts = MemTimeoutStore(clock)
-    wf = timeout.build(
-        MemStreamer(clock),
-        MemRecordStore(),
-        MemRoleScheduler(),
-        timeouts,
-        clock=clock,
-        metrics_registry=registry,
-    )
+    env = in_memory(timeout.builder(), clock=clock, metrics_registry=registry)
+    wf, timeouts = env.wf, env.timeout_store
     started = clock.now()
     async with wf:
         run_id = await wf.trigger("andrew")

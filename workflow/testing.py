@@ -1,4 +1,10 @@
-"""Helpers for testing workflows: a fake clock and event-driven waits.
+"""Helpers for testing workflows: a one-call in-memory environment, a fake clock and
+event-driven waits.
+
+    env = in_memory(builder)            # fresh memory adapters, a FakeClock
+    async with env.wf:
+        run_id = await env.wf.trigger("user-1")
+        env.clock.step(timedelta(hours=1))
 
 Every helper is ``async`` and takes a ``timeout`` in real seconds (default 10); none of them
 sleeps in a loop: they wake when this process stores a record or arms a timer (with a slow
@@ -8,23 +14,68 @@ polling fallback for changes made by other processes).
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
 
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
+from ._builder import Builder
 from ._clock import FakeClock
 from ._errors import RecordNotFoundError
 from ._record import Record
 from ._run import Run
 from ._workflow import Workflow, call_user
+from .adapters.memory import MemRecordStore, MemRoleScheduler, MemStreamer, MemTimeoutStore
 
-__all__ = ["FakeClock", "await_timeout_insert", "require", "trigger_callback_on", "wait_for"]
+__all__ = [
+    "FakeClock",
+    "InMemory",
+    "await_timeout_insert",
+    "in_memory",
+    "require",
+    "trigger_callback_on",
+    "wait_for",
+]
 
 T = TypeVar("T")
 S = TypeVar("S")
+ST = TypeVar("ST", bound=enum.IntEnum)
+
+DEFAULT_START = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class InMemory(Generic[T, ST]):
+    """A workflow built on fresh in-memory adapters driven by a :class:`FakeClock`."""
+
+    wf: Workflow[T, ST]
+    clock: FakeClock
+    store: MemRecordStore
+    streamer: MemStreamer
+    roles: MemRoleScheduler
+    timeout_store: MemTimeoutStore
+
+
+def in_memory(
+    builder: Builder[T, ST], *, clock: FakeClock | None = None, **build_options: Any
+) -> InMemory[T, ST]:
+    """Build ``builder`` on fresh memory adapters and a :class:`FakeClock` (starting at
+    2024-01-01 UTC unless ``clock`` is given). ``build_options`` go to :meth:`Builder.build`
+    (``pause_retry=None``, ``default_options=...``, ``metrics_registry=...``). Each call gets
+    its own Prometheus registry unless one is given, so tests never share metrics."""
+    clock = clock or FakeClock(DEFAULT_START)
+    store, streamer = MemRecordStore(), MemStreamer(clock)
+    roles, timeouts = MemRoleScheduler(), MemTimeoutStore(clock)
+    build_options.setdefault("metrics_registry", CollectorRegistry())
+    wf = builder.build(streamer, store, roles, timeout_store=timeouts, clock=clock, **build_options)
+    return InMemory(wf, clock, store, streamer, roles, timeouts)
+
 
 _FALLBACK_POLL = 0.5
 
