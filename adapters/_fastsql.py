@@ -27,6 +27,7 @@ import sqlite3
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -42,6 +43,7 @@ __all__ = [
     "from_db_time",
     "observe",
     "note",
+    "returned",
     "sqlite_write",
     "sqlite_writer",
 ]
@@ -112,16 +114,28 @@ def from_db_time(value: Any) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+_returning: set[asyncio.Future[Any]] = set()
+"""Connections of cancelled users on their way back to the pool (see :func:`driver`)."""
+
+
 @contextlib.asynccontextmanager
 async def driver(engine: AsyncEngine) -> AsyncIterator[Any]:
     """The driver connection (``asyncpg.Connection`` or ``aiosqlite.Connection``) of a
     connection checked out of the engine's pool (straight from the pool: an
     ``AsyncConnection`` around it costs about 0.1 ms more per use here, for nothing this
     module needs). A PostgreSQL connection found closed after an error is invalidated, so the
-    pool opens a fresh one (a restarted server)."""
-    fairy = await greenlet_spawn(engine.sync_engine.pool.connect)
+    pool opens a fresh one (a restarted server). One whose user was cancelled (its command
+    may still be running on the server) goes back to the pool from a background task once
+    the command has ended (see :func:`_settle`): a cancelled caller is normal, and closing or
+    reusing a busy asyncpg connection fails with errors in the log."""
+    fairy = await _checkout(engine)
     try:
         yield fairy.driver_connection
+    except asyncio.CancelledError:
+        if engine.dialect.name == "postgresql":
+            _background(_settle(fairy))
+            fairy = None
+        raise
     except BaseException:
         is_closed = getattr(fairy.driver_connection, "is_closed", None)
         if is_closed is not None and is_closed():
@@ -129,7 +143,100 @@ async def driver(engine: AsyncEngine) -> AsyncIterator[Any]:
                 await greenlet_spawn(fairy.invalidate)
         raise
     finally:
+        if fairy is not None:
+            await _checkin(engine, fairy)
+
+
+async def _checkin(engine: AsyncEngine, fairy: Any) -> None:
+    """Give a connection back to its pool, uninterrupted: a cancellation arriving meanwhile
+    leaves it to finish in the background. Giving one back into a pool that has room for it
+    does not wait for anything (unless the pool resets it: a ROLLBACK), so cannot be
+    interrupted; closing one (the pool is full, or with NullPool) or resetting it waits for
+    the driver, and the pool logs an interrupted close or reset as an ERROR."""
+    pool = engine.sync_engine.pool
+    size, idle = getattr(pool, "size", None), getattr(pool, "checkedin", None)
+    if (
+        size is not None
+        and idle is not None
+        and idle() < size()
+        and (engine.dialect.name == "postgresql" or _no_reset(pool))
+    ):
         await greenlet_spawn(fairy.close)
+        return
+    closing = asyncio.ensure_future(greenlet_spawn(fairy.close))
+    try:
+        await asyncio.shield(closing)
+    except asyncio.CancelledError:
+        _returning.add(closing)
+        closing.add_done_callback(_returning.discard)
+        raise
+
+
+def _no_reset(pool: Any) -> bool:
+    """Whether the pool gives connections back without a reset (``make_engine`` on SQLite).
+    The asyncpg adapter's ROLLBACK does nothing outside a transaction it began."""
+    reset = getattr(pool, "_reset_on_return", "unknown")
+    return reset is None or str(reset).endswith("reset_none")
+
+
+SETTLE_TIMEOUT = 10.0
+"""Seconds a cancelled user's PostgreSQL connection may take to finish its command before
+it is closed instead of going back to the pool."""
+
+
+async def _settle(fairy: Any) -> None:
+    """Return an asyncpg connection whose user was cancelled to the pool: asyncpg runs a
+    new command only once the cancelled one has ended, so a trivial one waits for that; a
+    connection that fails it (or takes too long) is closed instead."""
+    try:
+        async with asyncio.timeout(SETTLE_TIMEOUT):
+            await fairy.driver_connection.execute("SELECT 1")
+    except Exception:
+        with contextlib.suppress(Exception):
+            await greenlet_spawn(fairy.invalidate)
+    with contextlib.suppress(Exception):
+        await greenlet_spawn(fairy.close)
+
+
+def _background(coro: Any) -> None:
+    task = asyncio.ensure_future(coro)
+    _returning.add(task)
+    task.add_done_callback(_returning.discard)
+
+
+async def returned() -> None:
+    """Wait until every connection of a cancelled user is back in its pool, and the SQLite
+    group writers of this event loop are idle (tests)."""
+    while True:
+        busy = set(_returning)
+        busy.update(w.task for w in _groups.get(asyncio.get_running_loop(), {}).values() if w.task)
+        if not busy:
+            return
+        await asyncio.wait(busy)
+
+
+async def _checkout(engine: AsyncEngine) -> Any:
+    """A connection out of the engine's pool. Opening a new one is never interrupted: a
+    caller cancelled meanwhile leaves it to finish opening in the background and go back to
+    the pool (asyncpg interrupted mid-handshake logs errors, and a cancelled caller is
+    normal). An idle pooled connection is handed out without a pause, so nothing to shield."""
+    pool = engine.sync_engine.pool
+    idle = getattr(pool, "checkedin", None)
+    if idle is not None and idle() > 0:
+        return await greenlet_spawn(pool.connect)
+    opening = asyncio.ensure_future(greenlet_spawn(pool.connect))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_give_back)
+        raise
+
+
+def _give_back(opening: asyncio.Future[Any]) -> None:
+    """A connection opened for a caller that was cancelled: back to the pool."""
+    if opening.cancelled() or opening.exception() is not None:
+        return  # the exception is retrieved: the caller is gone, nothing to report
+    _background(greenlet_spawn(opening.result().close))
 
 
 async def fetch(
@@ -155,16 +262,21 @@ async def fetchval(engine: AsyncEngine, stmt: Statement, params: Mapping[str, An
 
 
 async def execute(engine: AsyncEngine, stmt: Statement, params: Mapping[str, Any]) -> int:
-    """One write statement in a transaction of its own (autocommit); its row count."""
-    if _observers:
-        _note(stmt.sqlite, True)
+    """One write statement in a transaction of its own; its row count."""
     if engine.dialect.name == "postgresql":
+        if _observers:
+            _note(stmt.sqlite, True)
         async with driver(engine) as db:
             status: str = await db.execute(stmt.pg, *stmt.args(params))
             return int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0
-    async with sqlite_writer(engine), driver(engine) as db:
-        cursor = await db.execute(stmt.sqlite, params)
-        return int(cursor.rowcount)
+    # An explicit transaction (not the driver's autocommit, which depends on how the
+    # connection was set up): committed here, whatever the engine's settings.
+    return await sqlite_write(engine, partial(_execute_sqlite, stmt.sqlite, params))
+
+
+def _execute_sqlite(sql: str, params: Mapping[str, Any], conn: sqlite3.Connection) -> int:
+    note(sql)
+    return int(conn.execute(sql, params).rowcount)
 
 
 _writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (

@@ -71,11 +71,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from workflow import Lease
 from workflow._clock import as_timedelta
 
+from ._lograte import Throttle, reachable, unreachable
+from ._schemacheck import check_schema
+from ._sqlsetup import SQLSetupError, prepare
 from .sqlschema import leases
 
 __all__ = ["SQLRoleScheduler"]
 
 _log = logging.getLogger(__name__)
+_throttled = Throttle(_log)
 
 T = TypeVar("T")
 
@@ -130,6 +134,15 @@ async def _outlast(task: asyncio.Task[Any], deadline: float) -> bool:
     return True
 
 
+def _not_sent(err: Exception) -> bool:
+    """Whether ``err`` came before the statement reached the database: no connection (an
+    ``OSError`` from connecting; a timeout may have come after it was sent), or a database
+    the adapters refuse (checked first)."""
+    if isinstance(err, SQLSetupError):
+        return True
+    return isinstance(err, OSError) and not isinstance(err, TimeoutError)
+
+
 def _default_holder() -> str:
     return f"{socket.gethostname()[:80]}:{os.getpid()}:{secrets.token_hex(4)}"
 
@@ -166,7 +179,7 @@ class SQLRoleScheduler:
         holder: str | None = None,
         poll_interval: timedelta | float | None = None,
     ) -> None:
-        self._engine = engine
+        self._engine = prepare(engine)
         self._lease = as_timedelta(lease)
         if self._lease <= timedelta(0):
             raise ValueError(f"lease must be positive, got {lease!r}")
@@ -183,6 +196,7 @@ class SQLRoleScheduler:
         self._holder = holder if holder is not None else _default_holder()
         if not 0 < len(self._holder) <= 128:
             raise ValueError("holder must be 1 to 128 characters long")
+        self._url = self._engine.url.render_as_string(hide_password=True)
         self._held: dict[int, _Held] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._waiting: set[asyncio.Future[None]] = set()
@@ -254,6 +268,7 @@ class SQLRoleScheduler:
 
     async def _acquire(self, role: str, token: int) -> bool:
         """Insert the row, or take it over if its lease has run out; whether we got it."""
+        await check_schema(self._engine)
         insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
         stmt = insert(leases).values(
             role=role, holder=self._holder, token=token, expires_at=self._expiry_sql()
@@ -294,9 +309,14 @@ class SQLRoleScheduler:
         started = asyncio.get_running_loop().time()
         try:
             granted = await self._acquire(role, token)
-        except Exception:
-            self._spawn(self._forget(role, token))  # the grant may have committed
+        except Exception as err:
+            if _not_sent(err):
+                if not isinstance(err, SQLSetupError):
+                    unreachable(self._url, err, self._poll_s)
+            else:
+                self._spawn(self._forget(role, token))  # the grant may have committed
             raise
+        reachable(self._url)
         if not granted:
             return None
         if self._closed:
@@ -332,7 +352,9 @@ class SQLRoleScheduler:
         try:
             await self._delete(role, token)
         except Exception as err:
-            _log.warning("could not delete lease row of role %r: %r", role, err)
+            _throttled.warning(
+                f"delete {self._url}", "could not delete lease row of role %r: %r", role, err
+            )
         _notifier(self._engine).wake(role)
 
     def _hold(self, role: str, token: int, valid_until: float) -> _Held:
@@ -358,7 +380,9 @@ class SQLRoleScheduler:
             try:
                 ours = await self._extend(held.role, held.token)
             except Exception as err:
-                _log.warning("renewing the lease of role %r failed: %r", held.role, err)
+                _throttled.warning(
+                    f"renew {self._url}", "renewing the lease of role %r failed: %r", held.role, err
+                )
                 delay = self._renew_s / 3
                 continue
             if not ours:

@@ -19,6 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from ._sqlsetup import prepare
+
 __all__ = [
     "JSONBytes",
     "UTCDateTime",
@@ -226,42 +228,24 @@ leases = sa.Table(
 
 
 def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) -> AsyncEngine:
-    """An :class:`AsyncEngine` set up for the workflow adapters.
+    """An :class:`AsyncEngine` for the workflow adapters: ``create_async_engine(url,
+    **kwargs)`` set up by :func:`adapters._sqlsetup.prepare` (which every SQL adapter also
+    applies to the engine it is given, so a plain engine works too).
 
     On SQLite: WAL journal (readers never block the writer), a 30 s busy timeout, foreign
     processes on the same file serialised by ``BEGIN IMMEDIATE`` (no deadlocks between a
     read and a later write), and ``synchronous=FULL`` unless told otherwise (a committed
-    transition survives power loss). Other URLs are passed to ``create_async_engine``.
+    transition survives power loss).
     """
-    from sqlalchemy import event
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    if not url.startswith("sqlite"):
-        return create_async_engine(url, **kwargs)
-    # Every user of these connections ends its own transaction (SQLAlchemy's Connection rolls
-    # back on close; the adapters' driver-level writes commit or roll back in one go), so the
-    # pool's extra ROLLBACK on every check-in (a round trip to the connection's thread) is
-    # skipped. Pass pool_reset_on_return="rollback" to have it back.
-    kwargs.setdefault("pool_reset_on_return", None)
-    engine = create_async_engine(url, **kwargs)
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # let SQLAlchemy's begin event emit BEGIN
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.execute(f"PRAGMA synchronous={sqlite_synchronous}")
-        cur.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        # Writers take the write lock up front (no read-then-write lock upgrade, which
-        # busy_timeout cannot resolve); readers (see `reading`) do not block anyone.
-        deferred = conn.get_execution_options().get("workflow_read_only", False)
-        conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
-
-    return engine
+    if url.startswith("sqlite"):
+        # Every user of these connections ends its own transaction (SQLAlchemy's Connection
+        # rolls back on close; the adapters' driver-level writes commit or roll back in one
+        # go), so the pool's extra ROLLBACK on every check-in (a round trip to the
+        # connection's thread) is skipped. Pass pool_reset_on_return="rollback" to have it.
+        kwargs.setdefault("pool_reset_on_return", None)
+    return prepare(create_async_engine(url, **kwargs), sqlite_synchronous=sqlite_synchronous)
 
 
 @contextlib.asynccontextmanager
@@ -275,6 +259,7 @@ async def reading(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
 async def create_schema(engine: AsyncEngine) -> None:
     """Create every SQL adapter's tables (idempotent). Production deployments use the
     alembic migrations in ``migrations/`` instead; both give the same schema."""
+    prepare(engine)
     async with engine.begin() as conn:
         await conn.run_sync(metadata.create_all)
 

@@ -41,6 +41,8 @@ from ._fastsql import (
     note,
     sqlite_write,
 )
+from ._schemacheck import check_schema
+from ._sqlsetup import prepare
 from .sqlschema import create_schema, foreign_key, history, outbox, reading, records
 from .sqlstreamer import LOCK_NAMESPACE, SQLStreamer
 
@@ -208,6 +210,18 @@ def _store_sqlite(
     return 1
 
 
+def _unstorable(text: str) -> bool:
+    """A NUL (PostgreSQL text cannot hold one) or a lone surrogate (no UTF-8 form): no
+    stored value has one, and the drivers would fail to send it."""
+    if "\x00" in text:
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _unique_violation(err: Exception) -> bool:
     """A unique index refused the write (sqlite3, asyncpg or SQLAlchemy's wrapper of them)."""
     if isinstance(err, (IntegrityError, sqlite3.IntegrityError)):
@@ -267,8 +281,9 @@ class SQLRecordStore:
         clock: Clock | None = None,
         streamer: SQLStreamer | None = None,
     ) -> None:
-        self.engine = engine
+        self.engine = prepare(engine)
         self._clock = clock
+        self._schema_checked = False
         self._pg = engine.dialect.name == "postgresql"
         if streamer is not None and _url(streamer.engine) != _url(engine):
             raise ValueError(
@@ -285,6 +300,9 @@ class SQLRecordStore:
     # -- writes ---------------------------------------------------------------------------
 
     async def store(self, record: Record) -> None:
+        if not self._schema_checked:  # once: refuse a database without the unique index
+            await check_schema(self.engine)
+            self._schema_checked = True
         meta = record.meta
         version = meta.version
         pg = self._pg
@@ -374,7 +392,7 @@ class SQLRecordStore:
         return _record(row)
 
     async def lookup(self, run_id: str) -> Record:
-        if "\x00" in run_id:  # no stored run has one (and PostgreSQL text cannot hold it)
+        if _unstorable(run_id):  # no stored run has one (and no driver could send it)
             raise RecordNotFoundError(f"no run with id {run_id!r}")
         rows = await fetch(self.engine, _LOOKUP, {"run_id": run_id})
         if not rows:
@@ -395,7 +413,7 @@ class SQLRecordStore:
         )
 
     async def latest(self, workflow_name: str, foreign_id: str) -> Record:
-        if "\x00" in foreign_id or "\x00" in workflow_name:
+        if _unstorable(foreign_id) or _unstorable(workflow_name):
             raise RecordNotFoundError(
                 f"workflow {workflow_name!r} has no run for foreign id {foreign_id!r}"
             )
@@ -447,7 +465,7 @@ class SQLRecordStore:
 
     async def history(self, run_id: str) -> builtins.list[Record]:
         """Every stored version of the run, oldest first."""
-        if "\x00" in run_id:
+        if _unstorable(run_id):
             raise RecordNotFoundError(f"no run with id {run_id!r}")
         query = (
             sa.select(
@@ -507,10 +525,10 @@ _VERSIONS_CHUNK = 500
 
 def _condition(f: Filter, workflow_name: str) -> Any:
     if f.kind == "foreign_id":
+        ids = [str(v) for v in f.values if not _unstorable(str(v))]  # the others match nothing
         if workflow_name:
-            keys = [foreign_key(workflow_name, str(v)) for v in f.values]
-            return records.c.foreign_key.in_(keys)
-        return records.c.foreign_id.in_([str(v) for v in f.values])
+            return records.c.foreign_key.in_([foreign_key(workflow_name, i) for i in ids])
+        return records.c.foreign_id.in_(ids)
     if f.kind == "status":
         return records.c.status.in_([int(v) for v in f.values])
     if f.kind == "run_state":

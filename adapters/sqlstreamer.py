@@ -56,6 +56,9 @@ from workflow._adapters import Ack
 from workflow._clock import Clock, RealClock
 
 from ._fastsql import Statement, db_time, execute, fetch, from_db_time
+from ._lograte import Throttle
+from ._schemacheck import check_schema
+from ._sqlsetup import prepare
 from .sqlschema import cursors, events
 
 __all__ = [
@@ -68,6 +71,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_throttled = Throttle(log)
 
 LOCK_NAMESPACE = 0x776B666C
 """First key of the PostgreSQL advisory lock that serialises the inserts of one topic."""
@@ -202,7 +206,7 @@ class SQLStreamer:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self._engine = engine
+        self._engine = prepare(engine)
         self._clock: Clock = clock or RealClock()
         self._poll = poll_frequency
         self._batch = batch_size
@@ -225,6 +229,7 @@ class SQLStreamer:
 
     async def new_sender(self, topic: str) -> SQLSender:
         self._check_open()
+        await check_schema(self._engine)
         return SQLSender(self, topic)
 
     async def new_receiver(
@@ -239,6 +244,7 @@ class SQLStreamer:
         without a cursor gets one now: after the topic's newest event if
         ``stream_from_latest``, else before its oldest."""
         self._check_open()
+        await check_schema(self._engine)
         where = sa.and_(cursors.c.topic == topic, cursors.c.name == name)
         async with self._engine.begin() as conn:
             position = (await conn.execute(sa.select(cursors.c.position).where(where))).scalar()
@@ -349,8 +355,8 @@ class SQLStreamer:
         if sent >= self._prune_every:
             try:
                 await self._prune(topic)
-            except Exception:  # the events are stored; pruning is retried after more sends
-                log.warning("pruning topic %r failed", topic, exc_info=True)
+            except Exception as err:  # the events are stored; retried after more sends
+                _throttled.warning(f"prune {topic}", "pruning topic %r failed: %r", topic, err)
 
     async def _prune(self, topic: str | None) -> int:
         newest = events.alias("newest")
@@ -409,8 +415,13 @@ class SQLStreamer:
                 await self._close_quietly(conn)
                 raise
             self._listener, self._driver = conn, driver
-        except Exception:
-            log.warning("LISTEN %s failed; polling instead", self._channel, exc_info=True)
+        except Exception as err:
+            _throttled.warning(
+                f"listen {self._hub.token}",
+                "LISTEN %s failed (%r); polling instead, and trying again",
+                self._channel,
+                err,
+            )
             self._listen_retry_at = asyncio.get_running_loop().time() + max(self._poll, 1.0)
         finally:
             self._opening = None
@@ -606,7 +617,15 @@ def _task(
 
     def done(task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
-            log.log(level, "%s topic %r failed", doing, topic, exc_info=task.exception())
+            _throttled.log(
+                f"{doing} {topic}",
+                level,
+                "%s topic %r failed: %r",
+                doing,
+                topic,
+                task.exception(),
+                exc_info=task.exception(),
+            )
 
     task = asyncio.get_running_loop().create_task(coro)
     task.add_done_callback(done)

@@ -25,6 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from workflow import Clock, RealClock, TimeoutRecord
 
+from ._schemacheck import check_schema
+from ._sqlsetup import prepare
 from .sqlschema import reading, timeouts
 
 __all__ = ["SQLTimeoutStore"]
@@ -53,7 +55,7 @@ class SQLTimeoutStore:
     """
 
     def __init__(self, engine: AsyncEngine, *, clock: Clock | None = None) -> None:
-        self._engine = engine
+        self._engine = prepare(engine)
         self._clock: Clock = clock or RealClock()
 
     async def create(
@@ -68,6 +70,7 @@ class SQLTimeoutStore:
     ) -> int:
         if expire_at.tzinfo is None or expire_at.utcoffset() is None:
             raise ValueError(f"expire_at must be timezone-aware, got {expire_at!r}")
+        await check_schema(self._engine)
         stmt = (
             sa.insert(timeouts)
             .values(

@@ -140,6 +140,9 @@ class Builder(Generic[T, S]):
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise ValueError("a workflow needs a non-empty name")
+        from ._workflow import check_text
+
+        check_text(name, "the workflow name")
         self.name = name
         self._object_type = object_type
         self._status_type: type[S] | None = None

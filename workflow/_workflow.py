@@ -221,7 +221,7 @@ class Workflow(Generic[T, S]):
             created_at=record.created_at,
             updated_at=self.clock.now(),
             meta=Meta(
-                run_state_reason=meta.run_state_reason if reason is None else reason,
+                run_state_reason=meta.run_state_reason if reason is None else _storable(reason),
                 status_description=self._status_names[st],
                 version=meta.version + 1,
                 trace_origin=meta.trace_origin,
@@ -230,6 +230,7 @@ class Workflow(Generic[T, S]):
 
     async def _controller(self, run: Run[Any, Any], target: RunState, reason: str) -> None:
         """``run.pause()`` / ``run.cancel()`` from user code: store the run's object with it."""
+        check_text(reason, "reason")
         record = run.record
         if not can_move(record.run_state, target):
             raise _run_state_error(target)(
@@ -506,6 +507,7 @@ class Workflow(Generic[T, S]):
     # -- run-state control --------------------------------------------------------------
 
     async def _control(self, run_id: str, target: RunState, reason: str, verb: str) -> None:
+        check_text(reason, "reason")
         err = _run_state_error(target)
         for _ in range(_CONTROL_ATTEMPTS):
             record = await self._own(await self.store.lookup(run_id))
@@ -560,8 +562,35 @@ _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 def _check_foreign_id(foreign_id: object) -> None:
     if not isinstance(foreign_id, str) or not foreign_id:
         raise ValueError(f"foreign_id must be a non-empty str, got {foreign_id!r}")
-    if "\x00" in foreign_id:
-        raise ValueError("foreign_id must not contain NUL (\\x00)")
+    check_text(foreign_id, "foreign_id")
+
+
+def check_text(value: str, what: str) -> None:
+    """Refuse a string no back end can store alike: a NUL character (PostgreSQL text cannot
+    hold one) or a lone surrogate (not Unicode text: it has no UTF-8 form, so no SQL driver
+    can send it). Same ``ValueError`` on every back end, before anything is stored."""
+    if "\x00" in value:
+        raise ValueError(f"{what} must not contain NUL (\\x00)")
+    try:
+        value.encode()
+    except UnicodeEncodeError as err:
+        raise ValueError(
+            f"{what} must be valid Unicode text: {value!r} has a lone surrogate "
+            f"{value[err.start]!r} at index {err.start} (decode input with errors='replace', "
+            "or pass the real characters)"
+        ) from None
+
+
+def _storable(text: str) -> str:
+    """``text`` with what :func:`check_text` refuses replaced by U+FFFD (reasons made from
+    error messages: pausing a run must not fail on its error's text)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
+    return text
 
 
 def _run_state_error(target: RunState) -> type[RunStateError]:
