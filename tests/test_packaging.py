@@ -5,6 +5,7 @@ named in its ImportError, and shipped migrations that run, then a workflow on th
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -146,3 +147,16 @@ asyncio.run(main())
 _DROP_SCHEMA = _CREATE_SCHEMA.replace(
     "CREATE SCHEMA {sys.argv[2]}", "DROP SCHEMA {sys.argv[2]} CASCADE"
 )
+
+
+def test_nothing_imports_the_top_level_adapters_directory() -> None:
+    """In a checkout, adapters/ is importable as ``adapters`` too; a module imported under
+    both names would exist twice (two sets of module state). Only ``workflow.adapters``."""
+    pattern = re.compile(r"^\s*(from\s+adapters[\s.]|import\s+adapters\b)", re.MULTILINE)
+    offenders = [
+        str(path.relative_to(REPO))
+        for top in ("workflow", "tests", "examples", "bench", "migrations", "scripts")
+        for path in (REPO / top).rglob("*.py")
+        if "workflow/adapters" not in str(path) and pattern.search(path.read_text())
+    ]
+    assert offenders == []

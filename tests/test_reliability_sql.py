@@ -25,21 +25,6 @@ from alembic.script import ScriptDirectory
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from adapters import _fastsql
-from adapters._schemacheck import SCHEMA_REVISION
-from adapters._sqlsetup import DatabaseFileError, SchemaError
-from adapters.adaptertest import (
-    run_event_streamer_test,
-    run_record_store_test,
-    run_role_scheduler_test,
-    run_timeout_store_test,
-)
-from adapters.memrolescheduler import MemRoleScheduler
-from adapters.sqlrolescheduler import SQLRoleScheduler
-from adapters.sqlschema import create_schema, drop_schema, make_engine
-from adapters.sqlstore import SQLRecordStore
-from adapters.sqlstreamer import SQLStreamer
-from adapters.sqltimeout import SQLTimeoutStore
 from workflow import (
     Builder,
     Filter,
@@ -51,6 +36,21 @@ from workflow import (
     Run,
     RunState,
 )
+from workflow.adapters import _fastsql
+from workflow.adapters._schemacheck import SCHEMA_REVISION
+from workflow.adapters._sqlsetup import DatabaseFileError, SchemaError
+from workflow.adapters.adaptertest import (
+    run_event_streamer_test,
+    run_record_store_test,
+    run_role_scheduler_test,
+    run_timeout_store_test,
+)
+from workflow.adapters.memrolescheduler import MemRoleScheduler
+from workflow.adapters.sqlrolescheduler import SQLRoleScheduler
+from workflow.adapters.sqlschema import create_schema, drop_schema, make_engine
+from workflow.adapters.sqlstore import SQLRecordStore
+from workflow.adapters.sqlstreamer import SQLStreamer
+from workflow.adapters.sqltimeout import SQLTimeoutStore
 from workflow.testing import FakeClock, wait_for
 
 from .backends import Backend
