@@ -97,6 +97,9 @@ class Process:
         self.lag_gauge = wf.metrics.process_lag.labels(wf.name, name)
         self.lag_alert_gauge = wf.metrics.process_lag_alert.labels(wf.name, name)
         self._skips: dict[str, Any] = {}
+        self._last_error = ""
+        self._last_logged = 0.0
+        self._repeats = 0
         self.set_state(State.IDLE)
 
     @property
@@ -182,11 +185,7 @@ class Process:
                     await lease.release()
                 if error is not None:
                     if not error.__dict__.get("_workflow_logged"):
-                        wf.log.error(
-                            f"run error [role={self.role}], [process={self.name}]: {error!r}",
-                            role=self.role,
-                            process=self.name,
-                        )
+                        self._log_error(error)
                     self.errors.inc()
                     await self._backoff()
                 elif finished:
@@ -194,6 +193,25 @@ class Process:
         finally:
             self.busy = False
             self.set_state(State.SHUTDOWN)
+
+    def _log_error(self, error: BaseException) -> None:
+        """A process error (not a run's: those are logged with the run). The same error again
+        (an outage) is logged at most once every ``ROLE_ERROR_LOG_EVERY`` seconds, with the
+        number of repeats left out in between."""
+        text = f"{type(error).__name__}: {error}"
+        now = time.monotonic()
+        if text == self._last_error and now - self._last_logged < ROLE_ERROR_LOG_EVERY:
+            self._repeats += 1
+            return
+        repeats = (
+            f" (the previous error repeated {self._repeats} more times)" if self._repeats else ""
+        )
+        self._last_error, self._last_logged, self._repeats = text, now, 0
+        self.wf.log.error(
+            f"run error [role={self.role}], [process={self.name}]: {error!r}{repeats}",
+            role=self.role,
+            process=self.name,
+        )
 
     async def _backoff(self) -> None:
         clock = self.wf.clock
