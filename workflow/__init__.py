@@ -25,6 +25,7 @@ from ._builder import Builder, duration_timer
 from ._clock import Clock, RealClock
 from ._errors import (
     ConcurrentUpdateError,
+    InvalidStatusError,
     InvalidTransitionError,
     NonRetryableError,
     RecordNotFoundError,
@@ -73,6 +74,7 @@ __all__ = [
     "EventStreamer",
     "Filter",
     "Header",
+    "InvalidStatusError",
     "InvalidTransitionError",
     "Lease",
     "Meta",

@@ -6,6 +6,7 @@ Every error the engine raises on purpose derives from :class:`WorkflowError`::
     ├── RecordNotFoundError          no run with that id / foreign id
     ├── WorkflowInProgressError      the foreign id already has an unfinished run
     ├── InvalidTransitionError       a status move that the graph does not declare
+    ├── InvalidStatusError           (also a ValueError) a status argument the workflow refuses
     ├── ConcurrentUpdateError        a stale write: someone else stored a newer version first
     ├── RunStateError
     │   ├── UnableToPauseError
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConcurrentUpdateError",
+    "InvalidStatusError",
     "InvalidTransitionError",
     "NonRetryableError",
     "RecordNotFoundError",
@@ -63,6 +65,13 @@ class InvalidTransitionError(WorkflowError):
     """A step, callback or timeout returned a status that the graph does not allow from here.
 
     Declare the edge in the builder (``add_step(from, fn, *to)``) or return an allowed status.
+    """
+
+
+class InvalidStatusError(WorkflowError, ValueError):
+    """A status argument (``trigger(start_at=...)``, ``await_``, ``callback``) that is not a
+    member of the workflow's status enum, is a member of another enum, or is no node of the
+    graph. Pass a member of the workflow's own status enum that the builder configured.
     """
 
 

@@ -24,6 +24,7 @@ from ._clock import Clock, RealClock
 from ._cron import CronSchedule, parse_schedule
 from ._errors import (
     ConcurrentUpdateError,
+    InvalidStatusError,
     InvalidTransitionError,
     RecordNotFoundError,
     RunFinishedError,
@@ -146,6 +147,7 @@ class Workflow(Generic[T, S]):
         self.metrics = metrics_for(metrics_registry)
         self._state_changes: dict[tuple[RunState, RunState], Any] = {}
         self._status_names = {int(m): m.name for m in status_type}
+        self._members: dict[int, S] = {int(m): m for m in status_type}
         self.log = RunLog(logger, self.name, debug)
         self.signals = signals_for(store)
         self.error_counter: ErrorCounter = error_counter or MemErrorCounter()
@@ -176,35 +178,53 @@ class Workflow(Generic[T, S]):
         return self._adapter.validate_json(data)
 
     def status(self, value: Any, what: str = "status") -> S:
-        """``value`` as a member of the status enum that is a node of the graph."""
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int)
-            or (isinstance(value, enum.Enum) and not isinstance(value, self.status_type))
-        ):
-            raise ValueError(f"{what} must be a {self.status_type.__name__}, got {value!r}")
+        """``value`` as a member of the status enum that is a node of the graph; anything
+        else is an :class:`InvalidStatusError` (a ``ValueError``)."""
+        problem = self._not_a_status(value, what)
+        if problem is not None:
+            raise InvalidStatusError(problem)
         try:
             member = self.status_type(value)
         except ValueError:
-            raise ValueError(
+            raise InvalidStatusError(
                 f"{what} {value!r} is not a member of {self.status_type.__name__}"
             ) from None
         if not self.graph.is_node(int(member)):
-            raise ValueError(
+            raise InvalidStatusError(
                 f"{what} {member!r} is not configured for workflow {self.name!r}; statuses in "
                 f"the graph: {[self.status_type(n).name for n in self.graph.nodes]}"
             )
         return member
 
+    def _not_a_status(self, value: Any, what: str) -> str | None:
+        """Why ``value`` cannot be a status of this workflow by its type, or None. Another
+        enum's member (an ``IntEnum`` or ``IntFlag``) is refused, not taken by its number."""
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{what} must be a {self.status_type.__name__}, got {value!r}"
+        if isinstance(value, enum.Enum) and not isinstance(value, self.status_type):
+            return (
+                f"{what} must be a {self.status_type.__name__}, got {value!r}, a member of "
+                f"another enum ({type(value).__name__}), which is not taken by its number"
+            )
+        return None
+
+    def _status_name(self, status: int) -> str:
+        """The member name of ``status``, or the number as text for a status the enum no
+        longer has (a run stored by an earlier version of the workflow)."""
+        name = self._status_names.get(status)
+        return str(int(status)) if name is None else name
+
     def new_run(self, record: Record) -> Run[T, S]:
-        """Decode a record into the ``Run`` handed to user code."""
+        """Decode a record into the ``Run`` handed to user code. A status the enum does not
+        have (removed by a later version of the workflow) stays the stored ``int``."""
         try:
             obj: Any = self.decode(record.object)
         except ValueError:
             if record.run_state is not RunState.DATA_DELETED:
                 raise
             obj = json.loads(record.object)
-        return Run(record, self.status_type(record.status), obj, self._controller)
+        status: Any = self._members.get(record.status, record.status)
+        return Run(record, status, obj, self._controller)
 
     # -- writes -------------------------------------------------------------------------
 
@@ -242,7 +262,7 @@ class Workflow(Generic[T, S]):
             updated_at=self.clock.now(),
             meta=Meta(
                 run_state_reason=meta.run_state_reason if reason is None else reason,
-                status_description=self._status_names[st],
+                status_description=self._status_name(st),
                 version=meta.version + 1,
                 trace_origin=meta.trace_origin,
             ),
@@ -276,18 +296,19 @@ class Workflow(Generic[T, S]):
         if result is SAVE_AND_REPEAT:
             status, run_state = record.status, RunState.RUNNING
         else:
-            current = self.status_type(record.status)
-            if isinstance(result, bool) or not isinstance(result, int):
+            current = self._status_name(record.status)
+            problem = self._not_a_status(result, "the step's result")
+            if problem is not None:
                 raise InvalidTransitionError(
-                    f"workflow {self.name!r}: from {current.name} the step returned {result!r}; "
-                    f"return one of {self._names(self.graph.transitions(int(current)))}, "
+                    f"workflow {self.name!r}, at {current}: {problem}; return one of "
+                    f"{self._names(self.graph.transitions(record.status))}, "
                     "run.skip(), run.save_and_repeat(), run.pause() or run.cancel()"
                 )
             status = int(result)
             if not self.graph.allowed(record.status, status):
                 raise InvalidTransitionError(
-                    f"workflow {self.name!r}: {current.name} -> {result!r} is not a declared "
-                    f"transition; declared: {self._names(self.graph.transitions(int(current)))}"
+                    f"workflow {self.name!r}: {current} -> {result!r} is not a declared "
+                    f"transition; declared: {self._names(self.graph.transitions(record.status))}"
                 )
             terminal = self.graph.is_terminal(status)
             run_state = RunState.COMPLETED if terminal else RunState.RUNNING
@@ -348,7 +369,7 @@ class Workflow(Generic[T, S]):
         _check_foreign_id(foreign_id)
         start = self.default_start if start_at is None else self.status(start_at, "start_at")
         if self.graph.is_terminal(int(start)):
-            raise ValueError(
+            raise InvalidStatusError(
                 f"start_at {start!r} is a terminal status of workflow {self.name!r}: a run "
                 "starting there would never be consumed"
             )
@@ -395,14 +416,14 @@ class Workflow(Generic[T, S]):
                     return self.new_run(record)
                 if record.run_state.finished:
                     raise RunFinishedError(
-                        f"run {run_id} finished at {self.status_type(record.status).name} "
+                        f"run {run_id} finished at {self._status_name(record.status)} "
                         f"({record.run_state}) and will never reach {status!r}"
                     )
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(
                         f"run {run_id} did not reach {status!r} within {timeout}s (it is at "
-                        f"{self.status_type(record.status).name}, {record.run_state})"
+                        f"{self._status_name(record.status)}, {record.run_state})"
                     )
                 await watch.wait(poll if remaining is None else min(poll, remaining))
                 passed = sorted(
