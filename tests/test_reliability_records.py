@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import math
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from workflow import (
     Builder,
@@ -28,6 +29,7 @@ from workflow import (
     RunFinishedError,
     RunState,
     TypedRecord,
+    UnstorableObjectError,
     Workflow,
 )
 from workflow.testing import wait_for
@@ -215,7 +217,7 @@ async def test_trigger_refuses_a_status_the_enum_lacks(backend: Backend) -> None
         await wf.latest("new")
 
 
-# -- another enum's member as a status ----------------------------------------------------------
+# -- NaN and infinity -------------------------------------------------------------------------
 
 
 class Status(enum.IntEnum):
@@ -223,6 +225,110 @@ class Status(enum.IntEnum):
     START = 1
     MIDDLE = 2
     DONE = 3
+
+
+NON_FINITE = [math.nan, math.inf, -math.inf]
+
+
+@pytest.mark.parametrize(
+    ("obj", "field"),
+    [(Doc(score=v), "score") for v in NON_FINITE]
+    + [(Doc(maybe=math.nan), "maybe"), (Doc(scores=[1.0, 2.0, -math.inf]), "scores[2]")],
+)
+async def test_trigger_refuses_nan_and_infinity(backend: Backend, obj: Doc, field: str) -> None:
+    b = Builder[Doc, Status]("nan")
+    b.add_step(Status.START, lambda run: Status.DONE, Status.DONE)
+    wf = backend.build(b, pause_retry=None)
+    with pytest.raises(UnstorableObjectError, match=rf"field '{re_escape(field)}'") as info:
+        await wf.trigger("a", initial_value=obj)
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(RecordNotFoundError):
+        await wf.latest("a")
+    # A None (written as null, like NaN would be) is stored, and a run still starts.
+    rid = await wf.trigger("a", initial_value=Doc(maybe=None, note="null NaN Infinity"))
+    assert (await wf.lookup(rid)).object == Doc(note="null NaN Infinity")
+
+
+def re_escape(text: str) -> str:
+    return text.replace("[", r"\[").replace("]", r"\]")
+
+
+class AsStrings(BaseModel):
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+    score: float = 0.0
+
+
+class AsConstants(BaseModel):
+    model_config = ConfigDict(ser_json_inf_nan="constants")
+    score: float = 0.0
+
+
+async def test_nan_written_as_a_string_is_stored_and_as_a_constant_refused(
+    backend: Backend,
+) -> None:
+    b = Builder[AsConstants, Status]("constants")
+    b.add_step(Status.START, lambda run: Status.DONE, Status.DONE)
+    wf = backend.build(b, pause_retry=None)
+    with pytest.raises(UnstorableObjectError, match="not JSON"):
+        await wf.trigger("a", initial_value=AsConstants(score=math.inf))
+
+    s = Builder[AsStrings, Status]("strings")
+    s.add_step(Status.START, lambda run: Status.DONE, Status.DONE)
+    ws = backend.build(s, pause_retry=None)
+    rid = await ws.trigger("a", initial_value=AsStrings(score=math.inf))
+    assert (await ws.lookup(rid)).object.score == math.inf
+
+
+@pytest.mark.parametrize("value", NON_FINITE, ids=["nan", "inf", "-inf"])
+async def test_a_step_writing_nan_is_a_step_error_and_writes_nothing(
+    backend: Backend, value: float
+) -> None:
+    calls = 0
+
+    async def step(run: Run[Doc, Status]) -> Status:
+        nonlocal calls
+        calls += 1
+        run.object.scores.append(value)
+        return Status.MIDDLE
+
+    b = Builder[Doc, Status]("nan step")
+    b.add_step(Status.START, step, Status.MIDDLE).with_options(
+        pause_after_err_count=2, err_backoff=timedelta(0)
+    )
+    b.add_step(Status.MIDDLE, lambda run: Status.DONE, Status.DONE)
+    wf = backend.build(b, pause_retry=None)
+    async with wf:
+        rid = await wf.trigger("a", initial_value=Doc(note="a"))
+        paused = await wait_for(wf, "a", lambda r: r.run_state is RunState.PAUSED)
+    assert calls == 2  # counted and retried, then paused by the error count
+    assert "2 errors" in paused.meta.run_state_reason
+    assert "UnstorableObjectError" in paused.meta.run_state_reason
+    assert "scores[0]" in paused.meta.run_state_reason
+    history = await wf.store.history(rid)  # type: ignore[attr-defined]
+    assert [(r.status, r.run_state) for r in history] == [
+        (Status.START, RunState.INITIATED),
+        (Status.START, RunState.PAUSED),
+    ]
+    assert all(r.object == history[0].object for r in history)
+    assert (await wf.lookup(rid)).object == Doc(note="a")  # still decodes
+
+
+async def test_a_callback_writing_infinity_raises_and_writes_nothing(backend: Backend) -> None:
+    async def cb(run: Run[Doc, Status], payload: bytes) -> Status:
+        run.object.score = math.inf
+        return Status.DONE
+
+    b = Builder[Doc, Status]("inf callback")
+    b.add_callback(Status.MIDDLE, cb, Status.DONE)
+    wf = backend.build(b, pause_retry=None)
+    rid = await wf.trigger("a", Status.MIDDLE)
+    with pytest.raises(UnstorableObjectError, match="field 'score' is inf"):
+        await wf.callback("a", Status.MIDDLE)
+    assert len(await wf.store.history(rid)) == 1  # type: ignore[attr-defined]
+    assert (await wf.lookup(rid)).object == Doc()
+
+
+# -- another enum's member as a status ----------------------------------------------------------
 
 
 class OtherEnum(enum.IntEnum):

@@ -35,6 +35,7 @@ from ._errors import (
     UnableToDeleteError,
     UnableToPauseError,
     UnableToResumeError,
+    UnstorableObjectError,
     WorkflowError,
     WorkflowInProgressError,
 )
@@ -100,6 +101,7 @@ __all__ = [
     "UnableToDeleteError",
     "UnableToPauseError",
     "UnableToResumeError",
+    "UnstorableObjectError",
     "Workflow",
     "WorkflowError",
     "WorkflowInProgressError",

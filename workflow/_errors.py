@@ -7,6 +7,7 @@ Every error the engine raises on purpose derives from :class:`WorkflowError`::
     ├── WorkflowInProgressError      the foreign id already has an unfinished run
     ├── InvalidTransitionError       a status move that the graph does not declare
     ├── InvalidStatusError           (also a ValueError) a status argument the workflow refuses
+    ├── UnstorableObjectError        (also a ValueError) an object JSON cannot carry faithfully
     ├── ConcurrentUpdateError        a stale write: someone else stored a newer version first
     ├── RunStateError
     │   ├── UnableToPauseError
@@ -34,6 +35,7 @@ __all__ = [
     "UnableToDeleteError",
     "UnableToPauseError",
     "UnableToResumeError",
+    "UnstorableObjectError",
     "WorkflowError",
     "WorkflowInProgressError",
 ]
@@ -72,6 +74,14 @@ class InvalidStatusError(WorkflowError, ValueError):
     """A status argument (``trigger(start_at=...)``, ``await_``, ``callback``) that is not a
     member of the workflow's status enum, is a member of another enum, or is no node of the
     graph. Pass a member of the workflow's own status enum that the builder configured.
+    """
+
+
+class UnstorableObjectError(WorkflowError, ValueError):
+    """The object cannot be stored as JSON and read back as it was: a float that is NaN or
+    ±infinity (JSON has no such numbers; pydantic would write ``null``), or a NUL character
+    in a string (PostgreSQL cannot store it). Nothing was written. Replace the value (e.g.
+    with ``None``) before triggering or returning from the step.
     """
 
 
