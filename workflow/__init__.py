@@ -25,6 +25,7 @@ from ._builder import Builder, duration_timer
 from ._clock import Clock, RealClock
 from ._errors import (
     ConcurrentUpdateError,
+    InvalidStatusError,
     InvalidTransitionError,
     NonRetryableError,
     RecordNotFoundError,
@@ -36,6 +37,7 @@ from ._errors import (
     UnableToDeleteError,
     UnableToPauseError,
     UnableToResumeError,
+    UnstorableObjectError,
     WorkflowError,
     WorkflowInProgressError,
 )
@@ -75,6 +77,7 @@ __all__ = [
     "EventStreamer",
     "Filter",
     "Header",
+    "InvalidStatusError",
     "InvalidTransitionError",
     "Lease",
     "Meta",
@@ -102,6 +105,7 @@ __all__ = [
     "UnableToDeleteError",
     "UnableToPauseError",
     "UnableToResumeError",
+    "UnstorableObjectError",
     "Workflow",
     "WorkflowError",
     "WorkflowInProgressError",

@@ -6,6 +6,8 @@ Every error the engine raises on purpose derives from :class:`WorkflowError`::
     ├── RecordNotFoundError          no run with that id / foreign id
     ├── WorkflowInProgressError      the foreign id already has an unfinished run
     ├── InvalidTransitionError       a status move that the graph does not declare
+    ├── InvalidStatusError           (also a ValueError) a status argument the workflow refuses
+    ├── UnstorableObjectError        (also a ValueError) an object JSON cannot carry faithfully
     ├── ConcurrentUpdateError        a stale write: someone else stored a newer version first
     ├── RunStateError
     │   ├── UnableToPauseError
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConcurrentUpdateError",
+    "InvalidStatusError",
     "InvalidTransitionError",
     "NonRetryableError",
     "RecordNotFoundError",
@@ -36,6 +39,7 @@ __all__ = [
     "UnableToDeleteError",
     "UnableToPauseError",
     "UnableToResumeError",
+    "UnstorableObjectError",
     "WorkflowError",
     "WorkflowInProgressError",
 ]
@@ -67,6 +71,21 @@ class InvalidTransitionError(WorkflowError):
     """A step, callback or timeout returned a status that the graph does not allow from here.
 
     Declare the edge in the builder (``add_step(from, fn, *to)``) or return an allowed status.
+    """
+
+
+class InvalidStatusError(WorkflowError, ValueError):
+    """A status argument (``trigger(start_at=...)``, ``await_``, ``callback``) that is not a
+    member of the workflow's status enum, is a member of another enum, or is no node of the
+    graph. Pass a member of the workflow's own status enum that the builder configured.
+    """
+
+
+class UnstorableObjectError(WorkflowError, ValueError):
+    """The object cannot be stored as JSON and read back as it was: a float that is NaN or
+    ±infinity (JSON has no such numbers; pydantic would write ``null``), or a NUL character
+    in a string (PostgreSQL cannot store it). Nothing was written. Replace the value (e.g.
+    with ``None``) before triggering or returning from the step.
     """
 
 

@@ -193,7 +193,14 @@ class TimeoutRecord:
 
 
 class TypedRecord(Generic[T, S]):
-    """A run as user code sees it: the record with its typed status and object."""
+    """A run as user code sees it: the record with its typed status and object.
+
+    ``status`` is a member of the workflow's status enum, except for a run stored at a
+    status the enum no longer has (a later version of the workflow removed the member):
+    there it is the stored number, a plain ``int``. It compares equal to ints either way
+    (``run.status == 3``); ``run.status is Status.X`` is simply false for such a run, and
+    ``meta.status_description`` of a version written by the new code is the number as text.
+    """
 
     __slots__ = (
         "created_at",

@@ -66,7 +66,12 @@ StepResult = Union[S, Directive, None]  # noqa: UP007 - generic alias
 
 class Run(TypedRecord[T, S]):
     """One run as handed to user code. Mutate ``run.object`` (or assign it) and return the
-    next status. Do not keep it after the function returns."""
+    next status. Do not keep it after the function returns.
+
+    ``status`` is a member of the status enum, or the stored ``int`` for a run at a status
+    the enum no longer has (see :class:`TypedRecord`); such a run can still be listed,
+    paused, resumed, cancelled and have its data deleted.
+    """
 
     __slots__ = ("_controller", "_state_changed")
 
