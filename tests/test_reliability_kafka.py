@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 
-from adapters.kafkastreamer import KafkaStreamer
-from adapters.memrecordstore import MemRecordStore
-from adapters.memrolescheduler import MemRoleScheduler
 from workflow import Builder, Run, Workflow
+from workflow.adapters.kafkastreamer import KafkaStreamer
+from workflow.adapters.memrecordstore import MemRecordStore
+from workflow.adapters.memrolescheduler import MemRoleScheduler
 
 from .procs.kafka_worker import namespace
 from .support import Obj, Status
