@@ -305,3 +305,40 @@ def test_a_plain_step_that_never_returns_does_not_keep_the_process_alive() -> No
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "stopped"
+
+
+async def test_a_process_error_that_repeats_is_logged_once_not_per_attempt(
+    clock: FakeClock, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A connector whose stream keeps failing (an outage) with no backoff: one error line
+    for the first attempt, not one per attempt; a different error is logged at once."""
+    calls: list[int] = []
+    enough = asyncio.Event()
+
+    class Broken:
+        async def recv(self) -> Any:
+            calls.append(1)
+            if len(calls) >= 60:
+                enough.set()
+            raise ConnectionError("down" if len(calls) < 50 else "down differently")
+
+        async def close(self) -> None:
+            return None
+
+    class Maker:
+        async def make(self, name: str) -> Broken:
+            return Broken()
+
+    async def fn(wf: Any, event: Any) -> None:
+        return None
+
+    b = Builder[Obj, Status]("outage")
+    b.add_step(Status.STARTED, _step("cancelled", False, []), Status.DONE)
+    b.add_connector("feed", Maker(), fn).with_options(err_backoff=0)
+    wf = build(b, clock, registry, pause_retry=None)
+    async with wf:
+        await asyncio.wait_for(enough.wait(), 10)
+    lines = [r.getMessage() for r in caplog.records if "feed" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert "'down'" in lines[0] and "down differently" in lines[1]
+    assert "repeated 48 more times" in lines[1]
