@@ -600,7 +600,6 @@ BUILDER_MISUSE: list[Callable[[Builder[Obj, Status]], Any]] = [
     lambda b: b.add_step(Status.STARTED, "not callable", Status.WAITING),
     lambda b: b.add_callback(Status.STARTED, None, Status.WAITING),
     lambda b: b.add_timeout(Status.STARTED, None, _noop, Status.WAITING),
-    lambda b: b.add_step(Status.STARTED, _noop, Status.WAITING).with_options(bogus=1),
     lambda b: b.add_step(Status.STARTED, _noop, Status.WAITING).with_options(parallel_count=0),
     lambda b: b.add_step(Status.STARTED, _noop, Status.WAITING).with_options(parallel_count=-2),
     lambda b: b.add_step(Status.STARTED, _noop, Status.WAITING).with_options(parallel_count="2"),
@@ -611,6 +610,10 @@ BUILDER_MISUSE: list[Callable[[Builder[Obj, Status]], Any]] = [
     ),
     lambda b: b.build(None, MemRecordStore(), MemRoleScheduler()),
     lambda b: b.build(MemStreamer(), MemRecordStore(), MemRoleScheduler(), pause_retry=-1),
+]
+
+OPTION_TYPOS: list[Callable[[Builder[Obj, Status]], Any]] = [
+    lambda b: b.add_step(Status.STARTED, _noop, Status.WAITING).with_options(bogus=1),
     lambda b: b.build(
         MemStreamer(), MemRecordStore(), MemRoleScheduler(), default_options={"x": 1}
     ),
@@ -622,6 +625,14 @@ def test_builder_misuse_is_a_value_error(misuse: Callable[[Builder[Obj, Status]]
     b = Builder[Obj, Status]("fuzz")
     with pytest.raises(ValueError):
         misuse(b)
+
+
+@pytest.mark.parametrize("typo", OPTION_TYPOS)
+def test_an_unknown_option_is_a_type_error(typo: Callable[[Builder[Obj, Status]], Any]) -> None:
+    b = Builder[Obj, Status]("typo")
+    b.add_step(Status.WAITING, _noop, Status.STARTED)
+    with pytest.raises(TypeError):
+        typo(b)
 
 
 # -- the same bad input on memory, SQLite and PostgreSQL -----------------------------------
