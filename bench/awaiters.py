@@ -104,7 +104,15 @@ async def park(wf: Workflow[Obj, Status], n: int, prefix: str) -> list[asyncio.T
     waiters: list[asyncio.Task[object]] = [
         asyncio.create_task(wf.await_(f, r, Status.DONE)) for f, r in ids
     ]
-    await asyncio.sleep(1.0)  # every waiter has made its first read and is waiting
+    # Wait until every waiter has made its first read (its watch then knows a version), so
+    # that what is measured is waiters waiting, not 10,000 first reads in flight.
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        watches = [w for ws in wf.signals._watches.values() for w in ws]
+        if len(watches) >= n and all(w.version > 0 for w in watches):
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)  # and one batched poll of the watcher has happened
     return waiters
 
 
