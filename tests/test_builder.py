@@ -296,3 +296,27 @@ def test_pause_retry_must_be_positive(retry: object) -> None:
     b.add_step(Status.STARTED, noop, Status.DONE)
     with pytest.raises(ValueError, match="pause_retry must be positive"):
         b.build(*adapters(), pause_retry=retry)  # type: ignore[arg-type]
+
+
+def test_build_takes_a_snapshot_of_the_builder(
+    clock: FakeClock, registry: CollectorRegistry
+) -> None:
+    """Changing the builder after build() (options, steps, callbacks, timeouts) changes
+    nothing in the built workflow."""
+    b = Builder[Obj, Status]("snapshot")
+    h = b.add_step(Status.STARTED, noop, Status.MIDDLE).with_options(err_backoff=3)
+    t = b.add_timeout(Status.MIDDLE, lambda r, now: now, noop, Status.DONE)
+    wf = build(b, clock, registry)
+    h.with_options(err_backoff=9, concurrency=4)
+    t.with_options(err_backoff=9)
+    b.add_step(Status.MIDDLE, noop, Status.OTHER_END)
+    b.add_callback(Status.STARTED, noop, Status.DONE)
+    b.add_timeout(Status.MIDDLE, lambda r, now: now, noop, Status.DONE)
+    assert wf.steps[int(Status.STARTED)].options.err_backoff == timedelta(seconds=3)
+    assert wf.steps[int(Status.STARTED)].options.concurrency is None
+    assert wf.timeouts[int(Status.MIDDLE)].options.err_backoff is None
+    assert len(wf.timeouts[int(Status.MIDDLE)].pairs) == 1
+    assert int(Status.MIDDLE) not in wf.steps
+    assert wf.callbacks == {}
+    assert not wf.graph.is_node(int(Status.OTHER_END))
+    assert not wf.graph.allowed(int(Status.STARTED), int(Status.DONE))

@@ -14,6 +14,15 @@ class Graph:
         self._seen: set[int] = set()
         self._from_order: list[int] = []
 
+    def copy(self) -> Graph:
+        """An independent copy (a built workflow keeps its own)."""
+        g = Graph()
+        g._edges = {k: list(v) for k, v in self._edges.items()}
+        g._nodes = list(self._nodes)
+        g._seen = set(self._seen)
+        g._from_order = list(self._from_order)
+        return g
+
     def _node(self, n: int) -> None:
         if n not in self._seen:
             self._seen.add(n)

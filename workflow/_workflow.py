@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import functools
 import json
@@ -112,11 +113,14 @@ class Workflow(Generic[T, S]):
         self.status_type: type[S] = status_type
         self._adapter: TypeAdapter[T] = TypeAdapter(object_type)
         self._constants = _writes_constants(self._adapter.core_schema)
-        self.graph = builder.graph
-        self.steps = dict(builder.steps)
+        # A snapshot: changing the builder after build() changes nothing here.
+        self.graph = builder.graph.copy()
+        self.steps = {k: dataclasses.replace(v) for k, v in builder.steps.items()}
         self.callbacks = {k: list(v) for k, v in builder.callbacks.items()}
-        self.timeouts = dict(builder.timeouts)
-        self.connectors = dict(builder.connectors)
+        self.timeouts = {
+            k: dataclasses.replace(v, pairs=list(v.pairs)) for k, v in builder.timeouts.items()
+        }
+        self.connectors = {k: dataclasses.replace(v) for k, v in builder.connectors.items()}
         self.hooks = dict(builder.hooks)
         self.default_start: S = status_type(builder.graph.from_order[0])
         self.streamer = streamer
