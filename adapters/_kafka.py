@@ -33,7 +33,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-
 from aiokafka.errors import TopicAlreadyExistsError, for_code  # type: ignore[import-untyped]
 
 from workflow import WorkflowError
-from workflow._adapters import Ack
+from workflow.abc import Ack
 
 __all__ = [
     "KafkaTopicLostError",

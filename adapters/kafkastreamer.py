@@ -34,8 +34,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, ConsumerRecord  # type: ignore[import-untyped]
 
 from workflow import ConnectorEvent, Event
-from workflow._adapters import Ack
-from workflow._clock import Clock
+from workflow.abc import Ack, Clock
 
 from ._kafka import (
     CLOSE_TIMEOUT,

@@ -14,9 +14,7 @@ from workflow import (
     RunState,
     WorkflowInProgressError,
 )
-from workflow._adapters import Filter, Order, matches
-from workflow._clock import Clock
-from workflow._record import make_outbox_event
+from workflow.abc import Clock, Filter, Order, make_outbox_event, matches
 
 __all__ = ["MemRecordStore"]
 

@@ -15,8 +15,7 @@ from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 from workflow import Clock, ConnectorEvent, Event
-from workflow._adapters import Ack
-from workflow._clock import RealClock
+from workflow.abc import Ack, RealClock
 
 __all__ = ["MemConnector", "MemStreamer"]
 

@@ -7,7 +7,7 @@ import itertools
 from datetime import datetime
 
 from workflow import TimeoutRecord
-from workflow._clock import Clock, RealClock
+from workflow.abc import Clock, RealClock
 
 __all__ = ["MemTimeoutStore"]
 

@@ -69,7 +69,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from workflow import Lease
-from workflow._clock import as_timedelta
+from workflow.abc import as_timedelta
 
 from ._lograte import Throttle, reachable, unreachable
 from ._schemacheck import check_schema

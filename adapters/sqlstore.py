@@ -28,9 +28,7 @@ from workflow import (
     RunState,
     WorkflowInProgressError,
 )
-from workflow._adapters import Filter, Order
-from workflow._clock import Clock
-from workflow._record import Header, make_outbox_event
+from workflow.abc import Clock, Filter, Header, Order, make_outbox_event
 
 from ._fastsql import (
     Statement,

@@ -52,8 +52,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from workflow import Event
-from workflow._adapters import Ack
-from workflow._clock import Clock, RealClock
+from workflow.abc import Ack, Clock, RealClock
 
 from ._fastsql import Statement, db_time, execute, fetch, from_db_time
 from ._lograte import Throttle

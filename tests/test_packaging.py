@@ -160,3 +160,15 @@ def test_nothing_imports_the_top_level_adapters_directory() -> None:
         if "workflow/adapters" not in str(path) and pattern.search(path.read_text())
     ]
     assert offenders == []
+
+
+def test_adapters_import_no_private_engine_module() -> None:
+    """Adapters are written against the public API (``workflow``, ``workflow.abc``), as an
+    outside adapter author's would be."""
+    private = re.compile(r"^\s*(from|import)\s+workflow\._", re.MULTILINE)
+    offenders = [
+        str(path.relative_to(REPO))
+        for path in (REPO / "adapters").rglob("*.py")
+        if private.search(path.read_text())
+    ]
+    assert offenders == []

@@ -10,21 +10,25 @@ import builtins
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from ._record import ConnectorEvent, Event, OutboxEvent, Record, TimeoutRecord
 from ._runstate import RunState
 
 __all__ = [
     "Ack",
+    "BatchSender",
     "ConnectorConstructor",
     "ConnectorConsumer",
+    "DirectPublisher",
     "EventReceiver",
     "EventSender",
     "EventStreamer",
     "Filter",
     "Lease",
     "Order",
+    "OutboxBulkDelete",
+    "RecordHistory",
     "RecordStore",
     "RoleScheduler",
     "RunVersions",
@@ -127,6 +131,45 @@ def matches(record: Record, filters: Sequence[Filter]) -> bool:
         elif f.kind == "created_before" and (f.time is None or not record.created_at < f.time):
             return False
     return True
+
+
+# -- optional capabilities: the engine uses them when an adapter has them ------------------
+
+
+@runtime_checkable
+class RecordHistory(Protocol):
+    """Optional capability of a record store: every stored version of a run, oldest first.
+
+    Used by hooks (the version their event announced) and by ``await_`` (versions written
+    elsewhere between two reads). Without it, both use the current version.
+    """
+
+    async def history(self, run_id: str) -> builtins.list[Record]: ...
+
+
+@runtime_checkable
+class OutboxBulkDelete(Protocol):
+    """Optional capability of a record store: delete many relayed outbox events at once."""
+
+    async def delete_outbox_events(self, ids: Sequence[str]) -> None: ...
+
+
+@runtime_checkable
+class DirectPublisher(Protocol):
+    """Optional capability of a record store: it appends each record's event to a streamer
+    itself, in the record's own transaction (``publishes_to`` is that streamer, or None when
+    it writes outbox rows instead). ``build`` refuses a store that publishes to another
+    streamer than the workflow's."""
+
+    @property
+    def publishes_to(self) -> Any: ...
+
+
+@runtime_checkable
+class BatchSender(Protocol):
+    """Optional capability of an event sender: send many events in one round trip."""
+
+    async def send_many(self, events: builtins.list[tuple[str, int, dict[str, str]]]) -> None: ...
 
 
 @runtime_checkable

@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, get_args
 
 from prometheus_client import CollectorRegistry
 
-from ._adapters import ConnectorConstructor, EventStreamer, RecordStore, RoleScheduler, TimeoutStore
+from ._adapters import (
+    ConnectorConstructor,
+    DirectPublisher,
+    EventStreamer,
+    RecordStore,
+    RoleScheduler,
+    TimeoutStore,
+)
 from ._clock import Clock, as_timedelta
 from ._graph import Graph
 from ._options import OutboxOptions, ProcessOptions, make_options
@@ -310,7 +317,9 @@ class Builder(Generic[T, S]):
         ):
             if value is None:
                 raise ValueError(f"build() needs a {what}")
-        publishes_to = getattr(record_store, "publishes_to", None)
+        publishes_to = (
+            record_store.publishes_to if isinstance(record_store, DirectPublisher) else None
+        )
         if publishes_to is not None and publishes_to is not event_streamer:
             raise ValueError(
                 f"workflow {self.name!r}: the record store appends events to its own streamer "

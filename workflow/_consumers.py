@@ -8,10 +8,10 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from . import _timeouts
-from ._adapters import EventSender
+from ._adapters import BatchSender, EventSender, OutboxBulkDelete, RecordHistory
 from ._errors import (
     ConcurrentUpdateError,
     NonRetryableError,
@@ -313,12 +313,12 @@ async def _version_of_event(wf: Workflow[Any, Any], record: Record, event: Event
         version = int(event.headers.get(Header.RECORD_VERSION) or 0)
     except ValueError:
         return record
-    history = getattr(wf.store, "history", None)
-    if version <= 0 or record.meta.version == version or history is None:
+    store = wf.store
+    if version <= 0 or record.meta.version == version or not isinstance(store, RecordHistory):
         return record
-    for r in await history(record.run_id):
+    for r in await store.history(record.run_id):
         if r.meta.version == version:
-            return cast(Record, r)
+            return r
     return record
 
 
@@ -456,7 +456,7 @@ def _outbox_process(wf: Workflow[Any, Any]) -> Process:
     store = wf.store
     poll = cfg.polling_frequency.total_seconds()
     alert_s = cfg.lag_alert.total_seconds()
-    bulk_delete = getattr(store, "delete_outbox_events", None)
+    bulk_delete = store.delete_outbox_events if isinstance(store, OutboxBulkDelete) else None
 
     async def body(proc: Process) -> None:
         senders: dict[str, EventSender] = {}
@@ -480,9 +480,8 @@ def _outbox_process(wf: Workflow[Any, Any]) -> Process:
                         sender = senders.get(tp)
                         if sender is None:
                             sender = senders[tp] = await wf.streamer.new_sender(tp)
-                        send_many = getattr(sender, "send_many", None)
-                        if send_many is not None and len(batch) > 1:
-                            await send_many(batch)  # one round trip for the whole batch
+                        if isinstance(sender, BatchSender) and len(batch) > 1:
+                            await sender.send_many(batch)  # one round trip for the batch
                         else:
                             for run_id, status, headers in batch:
                                 await sender.send(run_id, status, headers)

@@ -18,6 +18,7 @@ import logging
 import weakref
 from typing import Any
 
+from ._adapters import DirectPublisher, RunVersions
 from ._errors import RecordNotFoundError
 from ._record import Record
 
@@ -163,9 +164,8 @@ class Signals:
 
     async def _poll_versions(self, store: Any) -> None:
         run_ids = list(self._watches)
-        versions = getattr(store, "versions", None)
-        if versions is not None:
-            current: dict[str, int] = await versions(run_ids)
+        if isinstance(store, RunVersions):
+            current: dict[str, int] = await store.versions(run_ids)
         else:  # a store without the capability: one lookup at a time
             current = {}
             for run_id in run_ids:
@@ -188,15 +188,19 @@ _by_store: weakref.WeakKeyDictionary[Any, Signals] = weakref.WeakKeyDictionary()
 _by_id: dict[int, Signals] = {}
 
 
+def _relay_wakes(store: Any) -> bool:
+    return not isinstance(store, DirectPublisher) or store.publishes_to is None
+
+
 def signals_for(store: Any) -> Signals:
     """The signals of a store object (shared by every workflow using it in this process)."""
     try:
         sig = _by_store.get(store)
         if sig is None:
-            sig = _by_store[store] = Signals(getattr(store, "publishes_to", None) is None)
+            sig = _by_store[store] = Signals(_relay_wakes(store))
         return sig
     except TypeError:  # not weak-referenceable: key by identity for the life of the process
         sig = _by_id.get(id(store))
         if sig is None:
-            sig = _by_id[id(store)] = Signals(getattr(store, "publishes_to", None) is None)
+            sig = _by_id[id(store)] = Signals(_relay_wakes(store))
         return sig

@@ -22,7 +22,15 @@ import pydantic_core
 from pydantic import TypeAdapter
 
 from . import _consumers
-from ._adapters import EventStreamer, Filter, Order, RecordStore, RoleScheduler, TimeoutStore
+from ._adapters import (
+    EventStreamer,
+    Filter,
+    Order,
+    RecordHistory,
+    RecordStore,
+    RoleScheduler,
+    TimeoutStore,
+)
 from ._clock import Clock, RealClock
 from ._cron import CronSchedule, parse_schedule
 from ._errors import (
@@ -507,10 +515,9 @@ class Workflow(Generic[T, S]):
             self.signals.unwatch(run_id, watch)
 
     async def _versions_since(self, run_id: str, version: int) -> list[Record]:
-        history = getattr(self.store, "history", None)
-        if history is None:
+        if not isinstance(self.store, RecordHistory):
             return []
-        return [r for r in await history(run_id) if r.meta.version > version]
+        return [r for r in await self.store.history(run_id) if r.meta.version > version]
 
     async def _own(self, record: Record, foreign_id: str | None = None) -> Record:
         if record.workflow_name != self.name or (

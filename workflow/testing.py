@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
+from ._adapters import RecordHistory
 from ._builder import Builder
 from ._clock import FakeClock
 from ._errors import RecordNotFoundError
@@ -106,11 +107,9 @@ async def _wait_until(
 
 
 async def _versions(wf: Workflow[Any, Any], record: Record) -> list[Record]:
-    history = getattr(wf.store, "history", None)
-    if history is None:
+    if not isinstance(wf.store, RecordHistory):
         return [record]
-    versions: list[Record] = await history(record.run_id)
-    return versions
+    return await wf.store.history(record.run_id)
 
 
 async def _find_version(

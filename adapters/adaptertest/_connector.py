@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import CollectorRegistry
 
 from workflow import Builder, ConnectorConstructor, ConnectorConsumer, ConnectorEvent, Run, Workflow
-from workflow._adapters import Ack
+from workflow.abc import Ack
 from workflow.adapters.memrecordstore import MemRecordStore
 from workflow.adapters.memrolescheduler import MemRoleScheduler
 from workflow.adapters.memstreamer import MemStreamer

@@ -33,7 +33,7 @@ from workflow import (
     WorkflowInProgressError,
     make_outbox_event,
 )
-from workflow._record import decode_outbox_data
+from workflow.abc import RecordHistory, RunVersions, decode_outbox_data
 
 from ._roles import check, resolve, run_checks
 
@@ -401,10 +401,12 @@ async def _deletion_erases_history(factory: RecordStoreFactory) -> None:
     v4 = replace(_next(v3, RunState.DATA_DELETED, 2), object=b'{"result":"deleted"}')
     await store.store(v4)
     _same(await store.lookup(v1.run_id), v4, "lookup after the DATA_DELETED write")
-    history = getattr(store, "history", None)
-    if history is None:
+    if isinstance(store, RunVersions):
+        got = await store.versions([v1.run_id, "no-such-run"])
+        check(got == {v1.run_id: 4}, f"versions() of a run at version 4 and a missing one: {got}")
+    if not isinstance(store, RecordHistory):
         return  # a store without history keeps only the current version
-    versions = await history(v1.run_id)
+    versions = await store.history(v1.run_id)
     check(
         [r.meta.version for r in versions] == [1, 2, 3, 4],
         f"history after deletion has versions {[r.meta.version for r in versions]}",

@@ -26,8 +26,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
 from workflow import Builder, Event, EventReceiver, EventStreamer, Run
-from workflow._adapters import Ack
-from workflow._run import Directive
+from workflow.abc import Ack, Directive
 from workflow.adapters.memrecordstore import MemRecordStore
 from workflow.adapters.memrolescheduler import MemRoleScheduler
 from workflow.adapters.memtimeoutstore import MemTimeoutStore
