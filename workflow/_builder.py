@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, get_args
+from typing import Any, Generic, TypeVar, get_args
 
 from prometheus_client import CollectorRegistry
 
@@ -25,9 +25,8 @@ from ._options import OutboxOptions, ProcessOptions, make_options
 from ._record import ConnectorEvent, TypedRecord
 from ._run import Run, StepResult
 from ._runstate import RunState
-
-if TYPE_CHECKING:
-    from ._workflow import Workflow
+from ._text import check_text
+from ._workflow import Workflow
 
 __all__ = ["Builder", "duration_timer"]
 
@@ -147,8 +146,6 @@ class Builder(Generic[T, S]):
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise ValueError("a workflow needs a non-empty name")
-        from ._workflow import check_text
-
         check_text(name, "the workflow name")
         self.name = name
         self._object_type = object_type
@@ -287,8 +284,6 @@ class Builder(Generic[T, S]):
         metrics_registry: CollectorRegistry | None = None,
     ) -> Workflow[T, S]:
         """Validate the declaration and return the :class:`Workflow`."""
-        from ._workflow import Workflow
-
         args = self._generic_args()
         object_type = self._object_type
         if object_type is None and args:

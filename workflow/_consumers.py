@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from . import _timeouts
 from ._adapters import BatchSender, EventSender, OutboxBulkDelete, RecordHistory
 from ._errors import (
     ConcurrentUpdateError,
@@ -34,16 +33,22 @@ from ._record import (
 )
 from ._run import Run
 from ._runstate import RunState, can_move
+from ._usercode import call_user
 
 if TYPE_CHECKING:
     from ._workflow import Workflow, _Schedule
 
 __all__ = [
-    "build_processes",
+    "connector_processes",
+    "delete_process",
     "guarded",
+    "hook_processes",
     "load_for_event",
+    "outbox_process",
+    "pause_retry_process",
     "schedule_process",
     "status_consumer",
+    "step_processes",
 ]
 
 AUTO_PAUSE_REASON = "max error retry threshold hit - automatically paused"
@@ -58,20 +63,6 @@ class StaleRecordError(WorkflowError):
 
 def _role(wf: Workflow[Any, Any], name: str) -> str:
     return f"{wf.name.replace(' ', '_')}-{name}"
-
-
-def build_processes(wf: Workflow[Any, Any]) -> list[Process]:
-    procs: list[Process] = []
-    procs.extend(_step_processes(wf))
-    procs.extend(_timeouts.timeout_processes(wf))
-    procs.extend(_connector_processes(wf))
-    procs.extend(_hook_processes(wf))
-    if wf.outbox is not None:
-        procs.append(_outbox_process(wf))
-    procs.append(_delete_process(wf))
-    if wf.pause_retry is not None:
-        procs.append(_pause_retry_process(wf))
-    return procs
 
 
 # -- shared event handling ---------------------------------------------------------------
@@ -208,9 +199,7 @@ def _run_id(event: Event) -> str:
     return event.foreign_id  # on workflow topics the event's foreign id is the run id
 
 
-def _step_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
-    from ._workflow import call_user
-
+def step_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
     for status, cfg in wf.steps.items():
         opts = cfg.options.over(wf.defaults)
         n = _opt(opts, "parallel_count")
@@ -279,9 +268,7 @@ def _run_state_is(state: RunState) -> Callable[[Event], bool]:
     return lambda event: event.headers.get(Header.RUN_STATE) == value
 
 
-def _hook_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
-    from ._workflow import call_user
-
+def hook_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
     for state, hook in wf.hooks.items():
 
         async def handle(proc: Process, event: Event, hook: Callable[..., Any] = hook) -> None:
@@ -322,9 +309,7 @@ async def _version_of_event(wf: Workflow[Any, Any], record: Record, event: Event
     return record
 
 
-def _delete_process(wf: Workflow[Any, Any]) -> Process:
-    from ._workflow import call_user
-
+def delete_process(wf: Workflow[Any, Any]) -> Process:
     async def handle(proc: Process, event: Event) -> None:
         try:
             record = await wf.store.lookup(event.foreign_id)
@@ -352,7 +337,7 @@ def _delete_process(wf: Workflow[Any, Any]) -> Process:
     return _event_consumer(wf, "delete-consumer", delete_topic(wf.name), handle)
 
 
-def _pause_retry_process(wf: Workflow[Any, Any]) -> Process:
+def pause_retry_process(wf: Workflow[Any, Any]) -> Process:
     retry = wf.pause_retry
     assert retry is not None
     clock = wf.clock
@@ -404,9 +389,7 @@ def _connector_time(wf: Workflow[Any, Any]) -> Callable[[ConnectorEvent], dateti
     return lambda ce: ce.created_at if ce.created_at is not None else wf.clock.now()
 
 
-def _connector_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
-    from ._workflow import call_user
-
+def connector_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
     for cname, cfg in wf.connectors.items():
         opts = cfg.options.over(wf.defaults)
         n = _opt(opts, "parallel_count")
@@ -450,7 +433,7 @@ def _connector_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
 # -- outbox relay ------------------------------------------------------------------------
 
 
-def _outbox_process(wf: Workflow[Any, Any]) -> Process:
+def outbox_process(wf: Workflow[Any, Any]) -> Process:
     cfg = wf.outbox
     assert cfg is not None
     store = wf.store
@@ -508,8 +491,6 @@ def _outbox_process(wf: Workflow[Any, Any]) -> Process:
 
 
 def schedule_process(wf: Workflow[Any, Any], sched: _Schedule) -> Process:
-    from ._workflow import call_user
-
     clock = wf.clock
     name = f"{sched.foreign_id}-scheduler-{sched.cron.spec}"
 

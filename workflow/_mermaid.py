@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._workflow import Workflow
+
 __all__ = ["mermaid"]
 
 
@@ -14,8 +16,6 @@ def _label(name: str) -> str:
 def mermaid(wf: Any, direction: str = "LR") -> str:
     """The workflow's status graph as Mermaid text: one node per status, ``[*]`` arrows into
     the default start and out of every terminal status, one arrow per declared transition."""
-    from ._workflow import Workflow
-
     if not isinstance(wf, Workflow):
         raise ValueError(f"mermaid() needs a built Workflow, got {type(wf).__name__}")
     if direction not in ("LR", "RL", "TB", "BT"):

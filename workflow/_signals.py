@@ -185,7 +185,7 @@ class Signals:
 
 
 _by_store: weakref.WeakKeyDictionary[Any, Signals] = weakref.WeakKeyDictionary()
-_by_id: dict[int, Signals] = {}
+_ATTRIBUTE = "_workflow_signals"
 
 
 def _relay_wakes(store: Any) -> bool:
@@ -193,14 +193,23 @@ def _relay_wakes(store: Any) -> bool:
 
 
 def signals_for(store: Any) -> Signals:
-    """The signals of a store object (shared by every workflow using it in this process)."""
+    """The signals of a store object, shared by every workflow using it in this process. A
+    store that cannot be weakly referenced keeps them in an attribute; one that cannot take an
+    attribute either gets signals of its own per workflow (its writes then reach the other
+    workflows of this process through the watcher's polling, as another process's would)."""
     try:
         sig = _by_store.get(store)
         if sig is None:
             sig = _by_store[store] = Signals(_relay_wakes(store))
         return sig
-    except TypeError:  # not weak-referenceable: key by identity for the life of the process
-        sig = _by_id.get(id(store))
-        if sig is None:
-            sig = _by_id[id(store)] = Signals(_relay_wakes(store))
+    except TypeError:  # not weak-referenceable
+        pass
+    sig = getattr(store, _ATTRIBUTE, None)
+    if isinstance(sig, Signals):
         return sig
+    sig = Signals(_relay_wakes(store))
+    try:
+        setattr(store, _ATTRIBUTE, sig)
+    except (AttributeError, TypeError):
+        pass
+    return sig

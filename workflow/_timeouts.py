@@ -10,12 +10,14 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ._consumers import guarded, status_consumer
 from ._errors import RecordNotFoundError
 from ._options import ProcessOptions, timeout_seconds
 from ._options import resolved as _opt
 from ._process import Process
 from ._record import TimeoutRecord
 from ._run import Run
+from ._usercode import call_user
 
 if TYPE_CHECKING:
     from ._builder import TimeoutConfig
@@ -41,9 +43,6 @@ def _role(wf: Workflow[Any, Any], status: int, suffix: str) -> str:
 def _inserter(
     wf: Workflow[Any, Any], status: int, cfg: TimeoutConfig, opts: ProcessOptions, name: str
 ) -> Process:
-    from ._consumers import status_consumer
-    from ._workflow import call_user
-
     store = wf.timeout_store
     assert store is not None
     signal = wf.signals.timeout_event(wf.name)
@@ -70,9 +69,6 @@ def _inserter(
 def _poller(
     wf: Workflow[Any, Any], status: int, cfg: TimeoutConfig, opts: ProcessOptions, name: str
 ) -> Process:
-    from ._consumers import guarded
-    from ._workflow import call_user
-
     store = wf.timeout_store
     assert store is not None
     clock = wf.clock

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import pydantic_core
 from pydantic import TypeAdapter
 
-from . import _consumers
 from ._adapters import (
     EventStreamer,
     Filter,
@@ -32,6 +31,7 @@ from ._adapters import (
     TimeoutStore,
 )
 from ._clock import Clock, RealClock
+from ._consumers import schedule_process
 from ._cron import CronSchedule, parse_schedule
 from ._errors import (
     ConcurrentUpdateError,
@@ -50,10 +50,12 @@ from ._log import RunLog
 from ._metrics import metrics_for
 from ._options import DEFAULT_OPTIONS, OutboxOptions, ProcessOptions
 from ._process import ErrorCounter, MemErrorCounter, Process, inside
+from ._processes import build_processes
 from ._record import Meta, Record
 from ._run import SAVE_AND_REPEAT, SKIP, Run, RunStateChange
 from ._runstate import RunState, State, can_move
 from ._signals import signals_for
+from ._text import check_text, storable
 from ._usercode import call_user
 
 if TYPE_CHECKING:
@@ -296,7 +298,7 @@ class Workflow(Generic[T, S]):
             created_at=record.created_at,
             updated_at=self.clock.now(),
             meta=Meta(
-                run_state_reason=meta.run_state_reason if reason is None else _storable(reason),
+                run_state_reason=meta.run_state_reason if reason is None else storable(reason),
                 status_description=self._status_name(st),
                 version=meta.version + 1,
                 trace_origin=meta.trace_origin,
@@ -365,9 +367,9 @@ class Workflow(Generic[T, S]):
             if self._running:
                 return
             self._stopping = False
-            self._processes = {p.name: p for p in _consumers.build_processes(self)}
+            self._processes = {p.name: p for p in build_processes(self)}
             for sched in self._schedules.values():
-                proc = _consumers.schedule_process(self, sched)
+                proc = schedule_process(self, sched)
                 self._processes[proc.name] = proc
             self._running = True
             for p in self._processes.values():
@@ -571,7 +573,7 @@ class Workflow(Generic[T, S]):
             raise ValueError(f"schedule {spec!r} for {foreign_id!r} is already registered")
         sched = self._schedules[key] = _Schedule(foreign_id, cron, initial_value, filter)
         if self._running and not self._stopping:
-            proc = _consumers.schedule_process(self, sched)
+            proc = schedule_process(self, sched)
             self._processes[proc.name] = proc
             proc.start()
 
@@ -693,34 +695,6 @@ def _check_foreign_id(foreign_id: object) -> None:
     if not isinstance(foreign_id, str) or not foreign_id:
         raise ValueError(f"foreign_id must be a non-empty str, got {foreign_id!r}")
     check_text(foreign_id, "foreign_id")
-
-
-def check_text(value: str, what: str) -> None:
-    """Refuse a string no back end can store alike: a NUL character (PostgreSQL text cannot
-    hold one) or a lone surrogate (not Unicode text: it has no UTF-8 form, so no SQL driver
-    can send it). Same ``ValueError`` on every back end, before anything is stored."""
-    if "\x00" in value:
-        raise ValueError(f"{what} must not contain NUL (\\x00)")
-    try:
-        value.encode()
-    except UnicodeEncodeError as err:
-        raise ValueError(
-            f"{what} must be valid Unicode text: {value!r} has a lone surrogate "
-            f"{value[err.start]!r} at index {err.start} (decode input with errors='replace', "
-            "or pass the real characters)"
-        ) from None
-
-
-def _storable(text: str) -> str:
-    """``text`` with what :func:`check_text` refuses replaced by U+FFFD (reasons made from
-    error messages: pausing a run must not fail on its error's text)."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\ufffd")
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
-    return text
 
 
 def _run_state_error(target: RunState) -> type[RunStateError]:
