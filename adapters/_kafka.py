@@ -57,6 +57,10 @@ for its broker requests) before it gives up on them: see :meth:`OrderedReader.cl
 
 
 PROBE_EVERY = 5.0
+MISSING_FOR = 3.0
+"""Seconds a topic (or some of its partitions) must stay missing from the consumer's metadata
+before it counts as lost: a metadata refresh can miss a topic for a moment (Tansu does,
+right after another client created a topic), and a false loss restarts the receiver."""
 """Seconds between two checks of a reader's committed offsets against the broker's (see
 :class:`OrderedReader`)."""
 
@@ -463,6 +467,7 @@ class OrderedReader:
         self._next_offset: dict[int, int] = {}  # partition -> offset after the last delivered
         self._committing: asyncio.Task[None] | None = None
         self._seen = False  # the topic was in the consumer's metadata
+        self._missing_since: float | None = None
         self._probing: asyncio.Task[None] | None = None
         self._probe_at = time.monotonic() + PROBE_EVERY
         self._lost: str | None = None
@@ -493,13 +498,19 @@ class OrderedReader:
         if self._lost is not None:
             raise KafkaTopicLostError(self._lost)
         found = self._consumer.partitions_for_topic(self._topic)
-        if found:
+        if found and self._partitions <= found:
             self._seen = True
-            if not self._partitions <= found:
-                missing = sorted(self._partitions - found)
-                self._lose(f"its partitions {missing} are gone from the cluster")
-        elif self._seen:
-            self._lose("it is gone from the cluster (deleted, or the broker lost its data)")
+            self._missing_since = None
+        elif found or self._seen:
+            self._seen = True
+            now = time.monotonic()
+            if self._missing_since is None:
+                self._missing_since = now
+            elif now - self._missing_since >= MISSING_FOR:
+                if found:
+                    missing = sorted(self._partitions - found)
+                    self._lose(f"its partitions {missing} are gone from the cluster")
+                self._lose("it is gone from the cluster (deleted, or the broker lost its data)")
         if time.monotonic() >= self._probe_at and self._probing is None:
             self._probing = asyncio.get_running_loop().create_task(self._probe())
 
