@@ -4,17 +4,32 @@ test here kills mutants that survived the rest of the suite, and asserts what a 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from workflow import ConnectorEvent, OutboxEvent, OutboxOptions, RealClock, RunState
+from adapters.memrecordstore import MemRecordStore
+from adapters.memrolescheduler import MemRoleScheduler
+from adapters.memstreamer import MemStreamer
+from workflow import (
+    Builder,
+    ConnectorEvent,
+    OutboxEvent,
+    OutboxOptions,
+    RealClock,
+    Run,
+    RunState,
+)
 from workflow._record import Record, TypedRecord
 from workflow.testing import FakeClock
 
 from .support import Obj, Status
 
 T0 = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+
+
+async def _noop(run: Run[Obj, Status]) -> Status:
+    return Status.DONE
 
 
 # -- workflow/_record.py -----------------------------------------------------------------
@@ -74,6 +89,52 @@ def test_outbox_lookup_limit_must_be_at_least_one() -> None:
     assert str(err.value) == "OutboxOptions.lookup_limit must be at least 1"
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("pause_after_err_count", -1, "pause_after_err_count must be a non-negative int, got -1"),
+        ("pause_after_err_count", 1.0, "pause_after_err_count must be a non-negative int, got 1.0"),
+        ("parallel_count", True, "parallel_count must be a non-negative int, got True"),
+        ("concurrency", 0, "concurrency must be at least 1"),
+        ("parallel_count", 0, "parallel_count must be at least 1"),
+        ("lag", -0.5, "lag must not be negative, got -0.5"),
+        ("step_timeout", "1s", "expected a duration (timedelta or seconds), got '1s'"),
+        ("err_backoff", True, "expected a duration (timedelta or seconds), got True"),
+    ],
+)
+def test_each_bad_step_option_is_refused_naming_it(
+    option: str, value: object, message: str
+) -> None:
+    handle = Builder[Obj, Status]("options").add_step(Status.STARTED, _noop, Status.DONE)
+    with pytest.raises(ValueError) as err:
+        handle.with_options(**{option: value})
+    assert str(err.value) == message
+
+
+def test_step_options_at_their_smallest_allowed_values_are_kept() -> None:
+    b = Builder[Obj, Status]("options")
+    b.add_step(Status.STARTED, _noop, Status.DONE).with_options(
+        pause_after_err_count=0, parallel_count=1, concurrency=1, lag=0, step_timeout=0
+    )
+    wf = b.build(
+        MemStreamer(), MemRecordStore(), MemRoleScheduler(), default_options={"lag_alert": 300}
+    )
+    options = wf.steps[int(Status.STARTED)].options.over(wf.defaults)
+    assert options.pause_after_err_count == 0
+    assert options.parallel_count == options.concurrency == 1
+    assert options.lag == options.step_timeout == timedelta(0)
+    # lag 0 is no lag: the alert threshold is the workflow's default, not 30 min + lag
+    assert options.lag_alert == timedelta(minutes=5)
+
+
+def test_a_lag_alert_given_with_a_lag_is_kept() -> None:
+    b = Builder[Obj, Status]("options")
+    b.add_step(Status.STARTED, _noop, Status.DONE).with_options(lag=3600, lag_alert=60)
+    wf = b.build(MemStreamer(), MemRecordStore(), MemRoleScheduler())
+    options = wf.steps[int(Status.STARTED)].options
+    assert (options.lag, options.lag_alert) == (timedelta(hours=1), timedelta(minutes=1))
+
+
 # -- workflow/_clock.py ------------------------------------------------------------------
 
 
@@ -100,3 +161,11 @@ async def test_the_fake_clock_steps_by_zero_and_refuses_to_go_back_or_naive_time
     with pytest.raises(ValueError, match=r"^FakeClock needs a timezone-aware start"):
         FakeClock(datetime(2024, 1, 1))
     assert clock.now() == T0
+    assert FakeClock().now() == datetime(2024, 1, 1, tzinfo=UTC)  # the default start
+    # any timezone in, UTC out (Clock.now's promise), whatever the machine's local zone
+    clock.set(datetime(2024, 6, 1, 12, tzinfo=timezone(timedelta(hours=2))))
+    assert clock.now() == datetime(2024, 6, 1, 10, tzinfo=UTC)
+    assert clock.now().tzinfo is UTC
+    assert (
+        FakeClock(datetime(2024, 6, 1, 12, tzinfo=timezone(timedelta(hours=2)))).now().tzinfo is UTC
+    )
