@@ -4,7 +4,7 @@ test here kills mutants that survived the rest of the suite, and asserts what a 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 
 import pytest
 
@@ -20,6 +20,7 @@ from workflow import (
     Run,
     RunState,
 )
+from workflow._cron import parse_schedule
 from workflow._record import Record, TypedRecord
 from workflow.testing import FakeClock
 
@@ -169,3 +170,93 @@ async def test_the_fake_clock_steps_by_zero_and_refuses_to_go_back_or_naive_time
     assert (
         FakeClock(datetime(2024, 6, 1, 12, tzinfo=timezone(timedelta(hours=2)))).now().tzinfo is UTC
     )
+
+
+def test_an_outbox_event_without_data_is_refused() -> None:
+    with pytest.raises(ValueError) as err:
+        OutboxEvent("1", "wf", None, T0)
+    assert str(err.value) == "an outbox event needs its data"
+
+
+# -- workflow/_cron.py -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            "@every 5 minutes",
+            "invalid @every duration '5 minutes': expected one or more <number><unit> groups "
+            "with units ns, us, µs, ms, s, m, h (e.g. '90s', '5m', '1h30m', '1.5h')",
+        ),
+        (
+            "@every 999ns",
+            "invalid @every duration '999ns': must be at least 1us "
+            "(a positive duration; the smallest supported interval is 1us)",
+        ),
+    ],
+)
+def test_a_bad_every_duration_is_refused_with_an_example(spec: str, message: str) -> None:
+    with pytest.raises(ValueError) as err:
+        parse_schedule(spec)
+    assert str(err.value) == message
+
+
+def test_every_rounds_down_to_whole_microseconds() -> None:
+    assert parse_schedule("@every 1999ns").interval == timedelta(microseconds=1)
+    assert parse_schedule("@every 1.5ms").interval == timedelta(microseconds=1500)
+
+
+def test_an_every_duration_too_large_for_a_timedelta_is_refused() -> None:
+    with pytest.raises(ValueError) as err:
+        parse_schedule("@every 99999999999999h")
+    assert str(err.value) == "invalid @every duration '99999999999999h': too large"
+
+
+def test_random_and_hashed_crontab_fields_are_refused() -> None:
+    with pytest.raises(ValueError) as err:
+        parse_schedule("0 0 * * R")
+    assert str(err.value).startswith(
+        "invalid crontab spec '0 0 * * R': random (R) and hashed (H) fields are not supported; "
+        "expected '@every <duration>'"
+    )
+
+
+def test_a_descriptor_with_arguments_is_refused() -> None:
+    with pytest.raises(ValueError) as err:
+        parse_schedule("@daily at noon")
+    assert str(err.value) == "descriptor @daily takes no arguments, got '@daily at noon'"
+
+
+def test_an_equal_range_in_a_list_is_its_single_value() -> None:
+    schedule = parse_schedule("5-5,7 * * * *")
+    assert schedule.next(datetime(2024, 1, 1, tzinfo=UTC)) == datetime(2024, 1, 1, 0, 5, tzinfo=UTC)
+    assert schedule.next(datetime(2024, 1, 1, 0, 5, tzinfo=UTC)) == datetime(
+        2024, 1, 1, 0, 7, tzinfo=UTC
+    )
+
+
+def test_day_of_month_or_day_of_week_when_both_are_restricted() -> None:
+    # the 1st of the month OR a Monday: Tuesday 2 Jan 2024 -> Monday 8 Jan
+    assert parse_schedule("0 0 1 * 1").next(datetime(2024, 1, 2, tzinfo=UTC)) == datetime(
+        2024, 1, 8, tzinfo=UTC
+    )
+    # 30 February never comes, but Mondays in February do: the spec is valid
+    assert parse_schedule("0 0 30 2 1").next(datetime(2024, 1, 2, tzinfo=UTC)) == datetime(
+        2024, 2, 5, tzinfo=UTC
+    )
+    # a stepped star is not a restriction: 30 February AND every other weekday never comes
+    with pytest.raises(ValueError, match="never matches any date"):
+        parse_schedule("0 0 30 2 */2")
+
+
+class _NoOffset(tzinfo):
+    """A tzinfo that does not know its offset: the datetime is naive in all but name."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta | None:
+        return None
+
+
+def test_next_refuses_a_time_without_an_offset() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        parse_schedule("@every 1h").next(datetime(2024, 1, 1, tzinfo=_NoOffset()))
