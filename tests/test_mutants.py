@@ -172,6 +172,18 @@ async def test_the_fake_clock_steps_by_zero_and_refuses_to_go_back_or_naive_time
     )
 
 
+async def test_until_waiting_returns_once_a_wait_starts_and_says_what_is_missing() -> None:
+    clock = FakeClock(T0)
+    sleeper = asyncio.create_task(clock.sleep_until(T0 + timedelta(hours=1)))
+    await clock.until_waiting(1, timeout=0.5)  # a short limit is enough: the wait comes at once
+    assert clock.waiting == 1
+    with pytest.raises(TimeoutError) as err:
+        await clock.until_waiting(2, timeout=0)
+    assert str(err.value) == "1 waits pending on the clock, wanted 2"
+    clock.step(timedelta(hours=1))
+    await sleeper
+
+
 def test_an_outbox_event_without_data_is_refused() -> None:
     with pytest.raises(ValueError) as err:
         OutboxEvent("1", "wf", None, T0)
@@ -256,7 +268,19 @@ class _NoOffset(tzinfo):
     def utcoffset(self, dt: datetime | None) -> timedelta | None:
         return None
 
+    def dst(self, dt: datetime | None) -> timedelta | None:
+        return None
+
+    def tzname(self, dt: datetime | None) -> str | None:
+        return None
+
 
 def test_next_refuses_a_time_without_an_offset() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         parse_schedule("@every 1h").next(datetime(2024, 1, 1, tzinfo=_NoOffset()))
+
+
+def test_a_schedule_spec_that_is_not_a_string_is_refused() -> None:
+    with pytest.raises(ValueError) as err:
+        parse_schedule(5)  # type: ignore[arg-type]
+    assert str(err.value) == "a schedule spec must be a str, got int"
