@@ -90,7 +90,7 @@ for module in sys.argv[1:]:
                 print(f"   note: {name} is listed as equivalent but was killed")
             else:  # a "timeout" of an equivalent mutant is a slow machine, not a detection
                 verdict = "equivalent"
-        if verdict not in ("killed", "equivalent", "timeout"):
+        if verdict not in ("killed", "equivalent", "timeout", "not checked"):
             survivors.append(f"{verdict:9} {name}")
         counts[verdict] += 1
     considered = sum(counts.values()) - counts["equivalent"]

@@ -7,6 +7,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from adapters.memrecordstore import MemRecordStore
 from adapters.memrolescheduler import MemRoleScheduler
@@ -14,6 +15,7 @@ from adapters.memstreamer import MemStreamer
 from workflow import (
     Builder,
     ConnectorEvent,
+    InvalidTransitionError,
     OutboxEvent,
     OutboxOptions,
     RealClock,
@@ -77,6 +79,33 @@ def test_typed_record_repr_names_the_run() -> None:
     assert text == (
         "TypedRecord(workflow_name='wf', foreign_id='fid', run_id='run-1', "
         f"run_state=RUNNING, status={Status.STARTED!r}, object={Obj(count=2)!r})"
+    )
+
+
+# -- workflow/_graph.py -----------------------------------------------------------------
+
+
+async def test_an_undeclared_transition_names_the_declared_ones(
+    clock: FakeClock, registry: CollectorRegistry
+) -> None:
+    async def wrong(run: Run[Obj, Status], payload: bytes) -> Status:
+        return Status.OTHER_END
+
+    b = Builder[Obj, Status]("undeclared")
+    b.add_callback(Status.STARTED, wrong, Status.MIDDLE, Status.DONE)
+    wf = b.build(
+        MemStreamer(clock),
+        MemRecordStore(),
+        MemRoleScheduler(),
+        clock=clock,
+        metrics_registry=registry,
+    )
+    await wf.trigger("u")
+    with pytest.raises(InvalidTransitionError) as err:
+        await wf.callback("u", Status.STARTED)
+    assert str(err.value).endswith(
+        "STARTED -> <Status.OTHER_END: 4> is not a declared transition; "
+        "declared: ['MIDDLE', 'DONE']"
     )
 
 
