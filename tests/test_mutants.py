@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -313,3 +314,48 @@ def test_a_schedule_spec_that_is_not_a_string_is_refused() -> None:
     with pytest.raises(ValueError) as err:
         parse_schedule(5)  # type: ignore[arg-type]
     assert str(err.value) == "a schedule spec must be a str, got int"
+
+
+# -- workflow/_signals.py ----------------------------------------------------------------
+
+
+class _NoVersionsStore:
+    """A record store without the optional ``versions`` capability (all else delegated)."""
+
+    def __init__(self, inner: MemRecordStore) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "versions":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+async def test_await_follows_writes_elsewhere_on_a_store_without_versions(
+    clock: FakeClock, registry: CollectorRegistry
+) -> None:
+    async def step(run: Run[Obj, Status]) -> Status:
+        return Status.DONE
+
+    def workflow() -> Builder[Obj, Status]:
+        b = Builder[Obj, Status]("no versions")
+        b.add_step(Status.STARTED, step, Status.DONE)
+        return b
+
+    shared = MemRecordStore()
+    worker = workflow().build(
+        MemStreamer(clock), shared, MemRoleScheduler(), clock=clock, metrics_registry=registry
+    )
+    waiter = workflow().build(
+        MemStreamer(clock),
+        _NoVersionsStore(shared),
+        MemRoleScheduler(),
+        clock=clock,
+        metrics_registry=CollectorRegistry(),
+        default_options={"polling_frequency": 0.05},
+    )
+    rid = await worker.trigger("v")
+    done = asyncio.create_task(waiter.await_("v", rid, Status.DONE, timeout=10))
+    async with worker:  # written through the other store object: found by one lookup per poll
+        run = await done
+    assert run.status is Status.DONE and run.run_id == rid
