@@ -10,9 +10,6 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from adapters.memrecordstore import MemRecordStore
-from adapters.memrolescheduler import MemRoleScheduler
-from adapters.memstreamer import MemStreamer
 from workflow import (
     Builder,
     ConnectorEvent,
@@ -25,6 +22,9 @@ from workflow import (
 )
 from workflow._cron import parse_schedule
 from workflow._record import Record, TypedRecord
+from workflow.adapters.memrecordstore import MemRecordStore
+from workflow.adapters.memrolescheduler import MemRoleScheduler
+from workflow.adapters.memstreamer import MemStreamer
 from workflow.testing import FakeClock
 
 from .support import Obj, Status
