@@ -155,7 +155,7 @@ async def test_objects_that_no_longer_decode_count_towards_the_pause(
 
 async def _wait_paused(wf: Any, rid: str) -> Record:
     # wait_for decodes each version (which fails here): watch the raw records instead
-    watch = wf.signals.watch(rid, wf.store, 0.5)
+    watch = wf.signals.watch(rid, 0.5)
     try:
         async with asyncio.timeout(5):
             while True:

@@ -13,9 +13,9 @@ one batched read (:class:`RunVersions`) while anybody waits, and pushes the runs
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from ._adapters import DirectPublisher, RunVersions
@@ -65,16 +65,22 @@ class RunWatch:
 
 
 class Signals:
-    def __init__(self, relay_wakes: bool = True) -> None:
+    """The wake-ups of one record store object (see the module documentation)."""
+
+    def __init__(self, store: Any) -> None:
         # False when the store appends events to the streamer itself (it writes no outbox
         # rows): the relay then only polls for rows left by other writers.
-        self._relay_wakes = relay_wakes
+        self._relay_wakes = not isinstance(store, DirectPublisher) or store.publishes_to is None
+        # The registry is keyed by the store: a strong reference here would keep it alive.
+        try:
+            self._store: Callable[[], Any] = weakref.ref(store)
+        except TypeError:  # not weak-referenceable: these signals live on the store itself
+            self._store = lambda: store
         self._outbox: dict[str, asyncio.Event] = {}
         self._timeouts: dict[str, asyncio.Event] = {}
         self._watches: dict[str, set[RunWatch]] = {}
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._watcher: asyncio.Task[None] | None = None
-        self._store: Any = None
         self._idle = False
 
     def waiter(self, channel: str) -> asyncio.Future[None]:
@@ -115,12 +121,11 @@ class Signals:
             for w in watches:
                 w.push(record)
 
-    def watch(self, run_id: str, store: Any, poll: float) -> RunWatch:
-        """Watch one run. ``store`` is read every ``poll`` seconds (the smallest of the open
+    def watch(self, run_id: str, poll: float) -> RunWatch:
+        """Watch one run. The store is read every ``poll`` seconds (the smallest of the open
         watches) for versions written elsewhere, in one batched read for all watches."""
         w = RunWatch(poll)
         self._watches.setdefault(run_id, set()).add(w)
-        self._store = store
         if self._watcher is None or self._watcher.done():
             self._watcher = asyncio.get_running_loop().create_task(
                 self._watch_others(), name="workflow:await-watcher"
@@ -148,7 +153,7 @@ class Signals:
                     await asyncio.sleep(poll)
                 finally:
                     self._idle = False
-                store = self._store
+                store = self._store()
                 if not self._watches or store is None:
                     break
                 try:
@@ -160,21 +165,16 @@ class Signals:
         finally:
             if self._watcher is me:
                 self._watcher = None
-                self._store = None
 
     async def _poll_versions(self, store: Any) -> None:
-        run_ids = list(self._watches)
+        """Push every watched run that moved: the batched version read tells which, and only
+        those are looked up. A store without :class:`RunVersions` is looked up run by run."""
         if isinstance(store, RunVersions):
-            current: dict[str, int] = await store.versions(run_ids)
-        else:  # a store without the capability: one lookup at a time
-            current = {}
-            for run_id in run_ids:
-                with contextlib.suppress(RecordNotFoundError):
-                    current[run_id] = (await store.lookup(run_id)).meta.version
-        for run_id, version in current.items():
-            watches = self._watches.get(run_id)
-            if not watches or all(w.version >= version for w in watches):
-                continue
+            versions = await store.versions(list(self._watches))
+            moved = [run_id for run_id, v in versions.items() if self._behind(run_id, v)]
+        else:
+            moved = list(self._watches)
+        for run_id in moved:
             try:
                 record = await store.lookup(run_id)
             except RecordNotFoundError:
@@ -183,13 +183,13 @@ class Signals:
                 if w.version < record.meta.version:
                     w.push(record)
 
+    def _behind(self, run_id: str, version: int) -> bool:
+        """Whether a watch of ``run_id`` has not seen ``version`` yet."""
+        return any(w.version < version for w in self._watches.get(run_id, ()))
+
 
 _by_store: weakref.WeakKeyDictionary[Any, Signals] = weakref.WeakKeyDictionary()
 _ATTRIBUTE = "_workflow_signals"
-
-
-def _relay_wakes(store: Any) -> bool:
-    return not isinstance(store, DirectPublisher) or store.publishes_to is None
 
 
 def signals_for(store: Any) -> Signals:
@@ -200,14 +200,14 @@ def signals_for(store: Any) -> Signals:
     try:
         sig = _by_store.get(store)
         if sig is None:
-            sig = _by_store[store] = Signals(_relay_wakes(store))
+            sig = _by_store[store] = Signals(store)
         return sig
     except TypeError:  # not weak-referenceable
         pass
     sig = getattr(store, _ATTRIBUTE, None)
     if isinstance(sig, Signals):
         return sig
-    sig = Signals(_relay_wakes(store))
+    sig = Signals(store)
     try:
         setattr(store, _ATTRIBUTE, sig)
     except (AttributeError, TypeError):

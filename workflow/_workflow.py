@@ -477,7 +477,7 @@ class Workflow(Generic[T, S]):
         target = int(self.status(status))
         deadline = None if timeout is None else time.monotonic() + timeout
         poll = (self.defaults.polling_frequency or timedelta(milliseconds=500)).total_seconds()
-        watch = self.signals.watch(run_id, self.store, poll)
+        watch = self.signals.watch(run_id, poll)
         try:
             # Versions written while this first read is in flight are in the watch: one of
             # them may be at the target although the run has moved on by the time it is read.
@@ -498,7 +498,7 @@ class Workflow(Generic[T, S]):
                         return self.new_run(by_version[v])
                 if versions and versions[-1] > record.meta.version:
                     record = by_version[versions[-1]]
-                seen = max(seen, record.meta.version)
+                seen = record.meta.version  # the newest version examined
                 watch.version = max(watch.version, seen)  # the watcher brings newer ones
                 if record.run_state.finished:
                     raise RunFinishedError(
