@@ -11,7 +11,7 @@ from workflow import Builder, Run, RunState
 from workflow.adapters.memrecordstore import MemRecordStore
 from workflow.adapters.memrolescheduler import MemRoleScheduler
 from workflow.adapters.memstreamer import MemStreamer
-from workflow.testing import FakeClock, wait_for
+from workflow.testing import FakeClock, in_memory, wait_for
 
 from .support import Obj, Status
 
@@ -42,13 +42,7 @@ async def test_events_are_handled_at_once_and_each_once(
         in_flight -= 1
         return Status.DONE
 
-    wf = make(step, 8).build(
-        MemStreamer(clock),
-        MemRecordStore(),
-        MemRoleScheduler(),
-        clock=clock,
-        metrics_registry=registry,
-    )
+    wf = in_memory(make(step, 8), clock=clock, metrics_registry=registry).wf
     async with wf:
         ids = {f"c{i}": await wf.trigger(f"c{i}") for i in range(40)}
         for fid, rid in ids.items():
@@ -120,13 +114,7 @@ async def test_one_run_is_handled_one_event_at_a_time(
         finally:
             active[run.run_id] -= 1
 
-    wf = make(step, 8).build(
-        MemStreamer(clock),
-        MemRecordStore(),
-        MemRoleScheduler(),
-        clock=clock,
-        metrics_registry=registry,
-    )
+    wf = in_memory(make(step, 8), clock=clock, metrics_registry=registry).wf
     async with wf:
         rid = await wf.trigger("held")
         await asyncio.wait_for(entered.wait(), 5)
@@ -154,13 +142,7 @@ async def test_many_save_and_repeat_runs_at_once_each_in_order(
         run.object.count += 1
         return run.save_and_repeat() if run.object.count < 20 else Status.DONE
 
-    wf = make(repeat, 8).build(
-        MemStreamer(clock),
-        MemRecordStore(),
-        MemRoleScheduler(),
-        clock=clock,
-        metrics_registry=registry,
-    )
+    wf = in_memory(make(repeat, 8), clock=clock, metrics_registry=registry).wf
     async with wf:
         ids = {f"r{i}": await wf.trigger(f"r{i}") for i in range(5)}
         for fid, rid in ids.items():

@@ -16,7 +16,7 @@ from workflow import Builder, ConcurrentUpdateError, OutboxOptions, Record, Run,
 from workflow.adapters.memrecordstore import MemRecordStore
 from workflow.adapters.memrolescheduler import MemRoleScheduler
 from workflow.adapters.memstreamer import MemStreamer
-from workflow.testing import FakeClock, wait_for
+from workflow.testing import FakeClock, in_memory, wait_for
 
 from .support import Obj, Status, build
 
@@ -172,13 +172,7 @@ async def test_a_deleted_object_that_no_longer_validates_comes_back_as_a_dict(
 ) -> None:
     b = Builder[Strict, Status]("forgetful")
     b.add_step(Status.STARTED, to_done, Status.DONE)
-    wf = b.build(
-        MemStreamer(clock),
-        MemRecordStore(),
-        MemRoleScheduler(),
-        clock=clock,
-        metrics_registry=registry,
-    )
+    wf = in_memory(b, clock=clock, metrics_registry=registry).wf
     async with wf:
         rid = await wf.trigger("f", initial_value=Strict(required=1))
         done = await wf.await_("f", rid, Status.DONE, timeout=5)

@@ -25,7 +25,7 @@ from workflow._record import Record, TypedRecord
 from workflow.adapters.memrecordstore import MemRecordStore
 from workflow.adapters.memrolescheduler import MemRoleScheduler
 from workflow.adapters.memstreamer import MemStreamer
-from workflow.testing import FakeClock
+from workflow.testing import FakeClock, in_memory
 
 from .support import Obj, Status
 
@@ -94,13 +94,7 @@ async def test_an_undeclared_transition_names_the_declared_ones(
 
     b = Builder[Obj, Status]("undeclared")
     b.add_callback(Status.STARTED, wrong, Status.MIDDLE, Status.DONE)
-    wf = b.build(
-        MemStreamer(clock),
-        MemRecordStore(),
-        MemRoleScheduler(),
-        clock=clock,
-        metrics_registry=registry,
-    )
+    wf = in_memory(b, clock=clock, metrics_registry=registry).wf
     await wf.trigger("u")
     with pytest.raises(InvalidTransitionError) as err:
         await wf.callback("u", Status.STARTED)
