@@ -151,7 +151,7 @@ async def wait_for(
 
 
 def _normalise(wf: Workflow[Any, Any], value: Any) -> Any:
-    return json.loads(wf.encode(wf._adapter.validate_python(value)))
+    return json.loads(wf.encode(wf._codec.validate(value)))
 
 
 async def require(
