@@ -167,8 +167,7 @@ async def _checkin(engine: AsyncEngine, fairy: Any) -> None:
     try:
         await asyncio.shield(closing)
     except asyncio.CancelledError:
-        _returning.add(closing)
-        closing.add_done_callback(_returning.discard)
+        _background(closing)
         raise
 
 
@@ -198,8 +197,9 @@ async def _settle(fairy: Any) -> None:
         await greenlet_spawn(fairy.close)
 
 
-def _background(coro: Any) -> None:
-    task = asyncio.ensure_future(coro)
+def _background(work: Any) -> None:
+    """Let ``work`` (a coroutine or a future) finish on its own; :func:`returned` waits for it."""
+    task = asyncio.ensure_future(work)
     _returning.add(task)
     task.add_done_callback(_returning.discard)
 
