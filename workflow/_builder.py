@@ -26,6 +26,7 @@ from ._record import ConnectorEvent, TypedRecord
 from ._run import Run, StepResult
 from ._runstate import RunState
 from ._text import check_text
+from ._usercode import fn_name
 from ._workflow import Workflow
 
 __all__ = ["Builder", "duration_timer"]
@@ -127,10 +128,6 @@ class _TimeoutHandle(_Handle):
     _refused = ("parallel_count", "lag", "concurrency")
 
 
-def _fn_name(fn: Callable[..., Any]) -> str:
-    return getattr(fn, "__qualname__", None) or repr(fn)
-
-
 class Builder(Generic[T, S]):
     """Declares a workflow. ``Builder[User, Status]("name")`` or ``Builder("name", User, Status)``.
 
@@ -209,7 +206,7 @@ class Builder(Generic[T, S]):
         if s in self.steps:
             raise ValueError(
                 f"add_step({from_status!r}, ...) already exists: only one step can consume a "
-                f"status (existing: {_fn_name(self.steps[s].fn)})"
+                f"status (existing: {fn_name(self.steps[s].fn)})"
             )
         self._edges(from_status, to, "add_step")
         cfg = self.steps[s] = StepConfig(fn)

@@ -32,7 +32,7 @@ from typing import Any
 from ._errors import StepInterruptedError, StepTimeoutError
 from ._run import RunStateChange
 
-__all__ = ["call_user", "running_threads"]
+__all__ = ["call_user", "fn_name", "running_threads"]
 
 _IDLE_SECONDS = 60.0
 """A worker thread with nothing to do for this long ends."""
@@ -45,7 +45,8 @@ def _is_async(fn: Callable[..., Any]) -> bool:
     )
 
 
-def _name(fn: Callable[..., Any]) -> str:
+def fn_name(fn: Callable[..., Any]) -> str:
+    """How messages name a user function."""
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
 
 
@@ -84,14 +85,14 @@ async def call_user(fn: Callable[..., Any], *args: Any, timeout: float | None = 
 
 def _timed_out(fn: Callable[..., Any], timeout: float) -> StepTimeoutError:
     return StepTimeoutError(
-        f"{_name(fn)} ran longer than its step_timeout of {timeout:g} s and was abandoned; "
+        f"{fn_name(fn)} ran longer than its step_timeout of {timeout:g} s and was abandoned; "
         "make it faster, raise the step_timeout option, or split the work"
     )
 
 
 def _interrupted(fn: Callable[..., Any], err: BaseException) -> str:
     return (
-        f"{_name(fn)} raised {type(err).__name__}({err}), a BaseException that is not an "
+        f"{fn_name(fn)} raised {type(err).__name__}({err}), a BaseException that is not an "
         "Exception; it is handled as a step error (counted, retried after the backoff, paused "
         "by pause_after_err_count). Raise an Exception subclass to report a failure, or "
         "NonRetryableError to pause the run"
