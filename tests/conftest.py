@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from workflow.adapters.sqlschema import create_schema, make_engine
 from workflow.testing import FakeClock
+
+from .support import need_service
 
 
 @pytest.fixture
@@ -32,12 +35,26 @@ PG_URL = os.environ.get("WORKFLOW_TEST_POSTGRES_URL", "")
 
 
 def _need_postgres() -> str:
-    if PG_URL:
-        return PG_URL
-    message = "PostgreSQL tests need WORKFLOW_TEST_POSTGRES_URL (.ci/run starts a server)"
-    if os.environ.get("CI"):
-        pytest.fail(message + ": it is missing in CI")
-    pytest.skip(message)
+    return need_service(
+        PG_URL, "PostgreSQL tests need WORKFLOW_TEST_POSTGRES_URL (.ci/run starts a server)"
+    )
+
+
+@pytest.fixture
+def unraisable() -> Iterator[list[str]]:
+    """What was reported as unraisable while the test ran (e.g. an unclosed aiokafka
+    connection's ResourceWarning, reported when it is collected)."""
+    found: list[str] = []
+
+    def hook(u: sys.UnraisableHookArgs) -> None:
+        found.append(f"{u.exc_value!r} in {u.object!r}")
+
+    previous = sys.unraisablehook
+    sys.unraisablehook = hook
+    try:
+        yield found
+    finally:
+        sys.unraisablehook = previous
 
 
 @pytest.fixture

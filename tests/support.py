@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+import os
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
@@ -46,3 +48,13 @@ def build(
         metrics_registry=registry,
         **kwargs,
     )
+
+
+def need_service(value: str, message: str) -> str:
+    """``value`` (a service's address or path, from the environment) when it is set; else
+    the test skips with ``message``, and fails in CI (where every service is started)."""
+    if value:
+        return value
+    if os.environ.get("CI"):
+        pytest.fail(message + ": it is missing in CI")
+    pytest.skip(message)

@@ -9,7 +9,6 @@ import gc
 import logging
 import os
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -22,7 +21,7 @@ from workflow.adapters.memrecordstore import MemRecordStore
 from workflow.adapters.memrolescheduler import MemRoleScheduler
 
 from .procs.kafka_worker import namespace
-from .support import Obj, Status
+from .support import Obj, Status, need_service
 
 # request_timeout_ms bounds what aiokafka itself waits for (a produce to a dead broker):
 # the streamer's close at the end of a test, not what is measured here.
@@ -31,12 +30,10 @@ OPTIONS = {"consumer_options": {"fetch_max_wait_ms": 10}, "request_timeout_ms": 
 
 def _tansu_bin() -> str:
     path = os.environ.get("WORKFLOW_TEST_TANSU_BIN", "")
-    if path and os.access(path, os.X_OK):
-        return path
-    message = "broker-failure tests need WORKFLOW_TEST_TANSU_BIN (.ci/services.sh sets it)"
-    if os.environ.get("CI"):
-        pytest.fail(message + ": it is missing in CI")
-    pytest.skip(message)
+    return need_service(
+        path if path and os.access(path, os.X_OK) else "",
+        "broker-failure tests need WORKFLOW_TEST_TANSU_BIN (.ci/services.sh sets it)",
+    )
 
 
 def _free_port() -> int:
@@ -143,22 +140,6 @@ def lines() -> Iterator[Lines]:
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
-
-
-@pytest.fixture
-def unraisable() -> Iterator[list[str]]:
-    """What was reported as unraisable (an unclosed aiokafka connection's ResourceWarning)."""
-    found: list[str] = []
-
-    def hook(u: sys.UnraisableHookArgs) -> None:
-        found.append(f"{u.exc_value!r} in {u.object!r}")
-
-    previous = sys.unraisablehook
-    sys.unraisablehook = hook
-    try:
-        yield found
-    finally:
-        sys.unraisablehook = previous
 
 
 def build(

@@ -27,7 +27,6 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -38,6 +37,7 @@ from workflow.adapters.kafkastreamer import KafkaStreamer
 from workflow.adapters.sqlrolescheduler import SQLRoleScheduler
 from workflow.adapters.sqlstore import SQLRecordStore
 
+from ..support import need_service
 from .worker import engine_for
 
 FAST: dict[str, Any] = {"consumer_options": {"fetch_max_wait_ms": 10}}
@@ -47,13 +47,10 @@ arrives (real Kafka answers at once)."""
 
 def need_kafka() -> str:
     """The test broker's bootstrap address; skip when unset, but fail in CI."""
-    bootstrap = os.environ.get("WORKFLOW_TEST_KAFKA_BOOTSTRAP", "")
-    if bootstrap:
-        return bootstrap
-    message = "Kafka tests need WORKFLOW_TEST_KAFKA_BOOTSTRAP (.ci/run starts a broker)"
-    if os.environ.get("CI"):
-        pytest.fail(message + ": it is missing in CI")
-    pytest.skip(message)
+    return need_service(
+        os.environ.get("WORKFLOW_TEST_KAFKA_BOOTSTRAP", ""),
+        "Kafka tests need WORKFLOW_TEST_KAFKA_BOOTSTRAP (.ci/run starts a broker)",
+    )
 
 
 def namespace() -> str:
