@@ -108,7 +108,7 @@ async def park(wf: Workflow[Obj, Status], n: int, prefix: str) -> list[asyncio.T
     # that what is measured is waiters waiting, not 10,000 first reads in flight.
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        watches = [w for ws in wf.signals._watches.values() for w in ws]
+        watches = [w for ws in wf._engine.signals._watches.values() for w in ws]
         if len(watches) >= n and all(w.version > 0 for w in watches):
             break
         await asyncio.sleep(0.1)

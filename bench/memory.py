@@ -203,12 +203,12 @@ async def verify(
     """Every run COMPLETED at ``done``, version K+1, object mutated K times; else exit."""
     bad: list[str] = []
     for fid, run_id in run_ids.items():
-        record = await wf.store.lookup(run_id)
+        record = await wf._engine.store.lookup(run_id)
         if record.run_state is not RunState.COMPLETED:
             # The last step has run; its write may still be in hand.
             await wf.await_(fid, run_id, done, timeout=10)
-            record = await wf.store.lookup(run_id)
-        obj = wf.decode(record.object)
+            record = await wf._engine.store.lookup(run_id)
+        obj = wf._engine.decode(record.object)
         if (
             record.run_state is not RunState.COMPLETED
             or record.status != int(done)

@@ -177,4 +177,4 @@ async def test_a_waiter_that_gives_up_stops_the_watcher(
     with pytest.raises(TimeoutError):
         await wf.await_("g", rid, Status.DONE, timeout=0.01)
     await asyncio.sleep(0)
-    assert wf.signals._watcher is None or wf.signals._watcher.done()
+    assert wf._engine.signals._watcher is None or wf._engine.signals._watcher.done()

@@ -32,9 +32,9 @@ def test_generic_and_explicit_forms_build_the_same_workflow(registry: CollectorR
     b.add_step(Status.STARTED, noop, Status.DONE)
     wa = a.build(*adapters(), metrics_registry=registry)
     wb = b.build(*adapters(), metrics_registry=registry)
-    assert wa.object_type is Obj and wb.object_type is Obj
-    assert wa.status_type is Status and wb.status_type is Status
-    assert wa.default_start is Status.STARTED
+    assert wa._engine.object_type is Obj and wb._engine.object_type is Obj
+    assert wa._engine.status_type is Status and wb._engine.status_type is Status
+    assert wa._engine.default_start is Status.STARTED
 
 
 def test_object_type_is_required() -> None:
@@ -119,12 +119,12 @@ def test_options_accept_seconds_and_timedelta_and_lag_raises_lag_alert(
     )
     b.add_step(Status.MIDDLE, noop, Status.DONE)
     wf = build(b, clock, registry, default_options={"err_backoff": 7, "pause_after_err_count": 4})
-    step = wf.steps[int(Status.STARTED)].options.over(wf.defaults)
+    step = wf._engine.steps[int(Status.STARTED)].options.over(wf._engine.defaults)
     assert step.parallel_count == 3
     assert step.err_backoff == timedelta(seconds=2.5)
     assert step.lag_alert == timedelta(minutes=30) + timedelta(hours=1)
     assert step.pause_after_err_count == 4  # from default_options
-    other = wf.steps[int(Status.MIDDLE)].options.over(wf.defaults)
+    other = wf._engine.steps[int(Status.MIDDLE)].options.over(wf._engine.defaults)
     assert other.err_backoff == timedelta(seconds=7)
     # defaults not named in default_options keep the built-in values (luno bug 9 fixed)
     assert other.polling_frequency == timedelta(milliseconds=500)
@@ -148,7 +148,7 @@ def test_default_start_is_first_from_status_even_in_a_cycle(
     b.add_step(Status.MIDDLE, noop, Status.STARTED, Status.DONE)
     b.add_step(Status.STARTED, noop, Status.MIDDLE)
     wf = build(b, clock, registry)
-    assert wf.default_start is Status.MIDDLE
+    assert wf._engine.default_start is Status.MIDDLE
 
 
 async def test_process_names_match_luno(clock: FakeClock, registry: CollectorRegistry) -> None:
@@ -312,11 +312,11 @@ def test_build_takes_a_snapshot_of_the_builder(
     b.add_step(Status.MIDDLE, noop, Status.OTHER_END)
     b.add_callback(Status.STARTED, noop, Status.DONE)
     b.add_timeout(Status.MIDDLE, lambda r, now: now, noop, Status.DONE)
-    assert wf.steps[int(Status.STARTED)].options.err_backoff == timedelta(seconds=3)
-    assert wf.steps[int(Status.STARTED)].options.concurrency is None
-    assert wf.timeouts[int(Status.MIDDLE)].options.err_backoff is None
-    assert len(wf.timeouts[int(Status.MIDDLE)].pairs) == 1
-    assert int(Status.MIDDLE) not in wf.steps
-    assert wf.callbacks == {}
-    assert not wf.graph.is_node(int(Status.OTHER_END))
-    assert not wf.graph.allowed(int(Status.STARTED), int(Status.DONE))
+    assert wf._engine.steps[int(Status.STARTED)].options.err_backoff == timedelta(seconds=3)
+    assert wf._engine.steps[int(Status.STARTED)].options.concurrency is None
+    assert wf._engine.timeouts[int(Status.MIDDLE)].options.err_backoff is None
+    assert len(wf._engine.timeouts[int(Status.MIDDLE)].pairs) == 1
+    assert int(Status.MIDDLE) not in wf._engine.steps
+    assert wf._engine.callbacks == {}
+    assert not wf._engine.graph.is_node(int(Status.OTHER_END))
+    assert not wf._engine.graph.allowed(int(Status.STARTED), int(Status.DONE))

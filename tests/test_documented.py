@@ -155,16 +155,16 @@ async def test_objects_that_no_longer_decode_count_towards_the_pause(
 
 async def _wait_paused(wf: Any, rid: str) -> Record:
     # wait_for decodes each version (which fails here): watch the raw records instead
-    watch = wf.signals.watch(rid, 0.5)
+    watch = wf._engine.signals.watch(rid, 0.5)
     try:
         async with asyncio.timeout(5):
             while True:
-                record: Record = await wf.store.lookup(rid)
+                record: Record = await wf._engine.store.lookup(rid)
                 if record.run_state is RunState.PAUSED:
                     return record
                 await watch.wait(None)
     finally:
-        wf.signals.unwatch(rid, watch)
+        wf._engine.signals.unwatch(rid, watch)
 
 
 async def test_a_deleted_object_that_no_longer_validates_comes_back_as_a_dict(

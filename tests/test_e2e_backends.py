@@ -45,7 +45,7 @@ async def test_steps_and_history(backend: Backend) -> None:
         rid = await wf.trigger("a", initial_value=Obj(note="x"))
         run = await wf.await_("a", rid, Status.DONE, timeout=10)
     assert run.object == Obj(count=11, note="x") and run.run_state is RunState.COMPLETED
-    history = await wf.store.history(rid)  # type: ignore[attr-defined]
+    history = await wf._engine.store.history(rid)  # type: ignore[attr-defined]
     assert [(r.meta.version, r.status, r.run_state) for r in history] == [
         (1, 1, RunState.INITIATED),
         (2, 2, RunState.RUNNING),
@@ -175,11 +175,11 @@ async def test_hooks_pause_resume_cancel_and_delete(backend: Backend) -> None:
             Status.DONE,
             "redacted",
         )
-        record = await wf.store.lookup(rid)
+        record = await wf._engine.store.lookup(rid)
         assert record.run_state is RunState.DATA_DELETED
         assert Obj.model_validate_json(record.object) == Obj(note="redacted")
         # nothing of the object survives in any stored version either
-        history = await wf.store.history(rid)  # type: ignore[attr-defined]
+        history = await wf._engine.store.history(rid)  # type: ignore[attr-defined]
         assert len(history) == record.meta.version
         assert [Obj.model_validate_json(r.object) for r in history] == [Obj(note="redacted")] * len(
             history
@@ -264,7 +264,7 @@ async def test_a_hook_sees_the_version_its_event_announced(backend: Backend) -> 
     rid = await wf.trigger("v", start_at=Status.MIDDLE)
     await wf.pause(rid, "hold on")
     await wf.resume(rid)
-    assert (await wf.store.lookup(rid)).meta.version == 3
+    assert (await wf._engine.store.lookup(rid)).meta.version == 3
     async with wf:
         await asyncio.wait_for(done.wait(), 10)
         await wf.await_("v", rid, Status.DONE, timeout=10)

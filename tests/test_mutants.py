@@ -144,7 +144,7 @@ def test_step_options_at_their_smallest_allowed_values_are_kept() -> None:
     wf = b.build(
         MemStreamer(), MemRecordStore(), MemRoleScheduler(), default_options={"lag_alert": 300}
     )
-    options = wf.steps[int(Status.STARTED)].options.over(wf.defaults)
+    options = wf._engine.steps[int(Status.STARTED)].options.over(wf._engine.defaults)
     assert options.pause_after_err_count == 0
     assert options.parallel_count == options.concurrency == 1
     assert options.lag == options.step_timeout == timedelta(0)
@@ -156,7 +156,7 @@ def test_a_lag_alert_given_with_a_lag_is_kept() -> None:
     b = Builder[Obj, Status]("options")
     b.add_step(Status.STARTED, _noop, Status.DONE).with_options(lag=3600, lag_alert=60)
     wf = b.build(MemStreamer(), MemRecordStore(), MemRoleScheduler())
-    options = wf.steps[int(Status.STARTED)].options
+    options = wf._engine.steps[int(Status.STARTED)].options
     assert (options.lag, options.lag_alert) == (timedelta(hours=1), timedelta(minutes=1))
 
 

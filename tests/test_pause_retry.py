@@ -105,7 +105,9 @@ async def test_paused_run_is_resumed_after_pause_retry_and_completes(clock, regi
         assert run.run_state is RunState.COMPLETED
         assert step.errors == 5
         assert step.calls == 6
-        resumes = [r for r in await wf.store.history(run_id) if r.run_state is RunState.RUNNING]
+        resumes = [
+            r for r in await wf._engine.store.history(run_id) if r.run_state is RunState.RUNNING
+        ]
         assert [r.updated_at for r in resumes][-1] >= paused_at + TEN_MINUTES
 
 
@@ -164,7 +166,7 @@ async def test_resume_time_counts_from_the_latest_pause(clock, registry):
         assert run.meta.version == repaused.meta.version + 1  # resumed exactly once
         assert await wf.callback("andrew", Status.WAITING)
         await wf.await_("andrew", run_id, Status.END, timeout=5)
-        history = await wf.store.history(run_id)
+        history = await wf._engine.store.history(run_id)
         assert [r.run_state for r in history] == [
             RunState.INITIATED,
             RunState.PAUSED,
@@ -194,7 +196,7 @@ async def test_manual_resume_before_pause_retry_is_not_resumed_twice(clock, regi
             timeout=5,
         )
         assert run.meta.version == again.meta.version + 1
-        states = [r.run_state for r in await wf.store.history(run_id)]
+        states = [r.run_state for r in await wf._engine.store.history(run_id)]
         assert states == [
             RunState.INITIATED,
             RunState.PAUSED,

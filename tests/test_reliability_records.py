@@ -198,7 +198,7 @@ async def test_run_state_control_and_await_of_runs_at_a_removed_status(backend: 
     await wf.delete_data(paused)
     run = await wf.lookup(paused)
     assert at_gone(run) and run.run_state is RunState.REQUESTED_DATA_DELETED
-    assert [r.meta.status_description for r in await wf.store.history(paused)] == [  # type: ignore[attr-defined]
+    assert [r.meta.status_description for r in await wf._engine.store.history(paused)] == [  # type: ignore[attr-defined]
         "GONE",
         "GONE",
         "3",
@@ -304,7 +304,7 @@ async def test_a_step_writing_nan_is_a_step_error_and_writes_nothing(
     assert "2 errors" in paused.meta.run_state_reason
     assert "UnstorableObjectError" in paused.meta.run_state_reason
     assert "scores[0]" in paused.meta.run_state_reason
-    history = await wf.store.history(rid)  # type: ignore[attr-defined]
+    history = await wf._engine.store.history(rid)  # type: ignore[attr-defined]
     assert [(r.status, r.run_state) for r in history] == [
         (Status.START, RunState.INITIATED),
         (Status.START, RunState.PAUSED),
@@ -324,7 +324,7 @@ async def test_a_callback_writing_infinity_raises_and_writes_nothing(backend: Ba
     rid = await wf.trigger("a", Status.MIDDLE)
     with pytest.raises(UnstorableObjectError, match="field 'score' is inf"):
         await wf.callback("a", Status.MIDDLE)
-    assert len(await wf.store.history(rid)) == 1  # type: ignore[attr-defined]
+    assert len(await wf._engine.store.history(rid)) == 1  # type: ignore[attr-defined]
     assert (await wf.lookup(rid)).object == Doc()
 
 
@@ -360,4 +360,4 @@ async def test_another_enums_member_is_refused_by_trigger_and_as_a_steps_result(
     reason = paused.meta.run_state_reason
     assert "InvalidTransitionError" in reason and message in reason, reason
     assert paused.status is Status.START
-    assert [r.status for r in await wf.store.history(rid)] == [1, 1]  # type: ignore[attr-defined]
+    assert [r.status for r in await wf._engine.store.history(rid)] == [1, 1]  # type: ignore[attr-defined]

@@ -358,7 +358,7 @@ async def test_lone_surrogates_are_refused_alike_on_every_backend(backend: Backe
         await wf.lookup(SURROGATE)
     with pytest.raises(RecordNotFoundError):
         await wf.latest(SURROGATE)
-    assert await wf.store.list("texts", 0, 10, "asc", Filter.by_foreign_id(SURROGATE)) == []
+    assert await wf._engine.store.list("texts", 0, 10, "asc", Filter.by_foreign_id(SURROGATE)) == []
     with pytest.raises(ValueError, match="workflow name must be valid Unicode"):
         Builder[Obj, Status](f"wf-{SURROGATE}")
 
@@ -401,7 +401,7 @@ async def test_a_schema_without_the_unique_index_is_refused(sql_engine: AsyncEng
     # re-created as the message says: accepted at the next use
     await _execute(sql_engine, message.rsplit("re-created with: ", 1)[1])
     await wf.trigger("same")
-    await wf.streamer.close()  # type: ignore[attr-defined]
+    await wf._engine.streamer.close()  # type: ignore[attr-defined]
 
 
 async def test_a_non_unique_index_is_refused(sql_engine: AsyncEngine) -> None:
@@ -469,7 +469,7 @@ async def test_schemas_made_by_alembic_pass_the_check_and_fail_it_once_damaged(
     wf = b.build(SQLStreamer(engine), SQLRecordStore(engine), MemRoleScheduler())
     rid = await wf.trigger("f")  # checked, and accepted
     assert (await wf.lookup(rid)).run_state is RunState.INITIATED
-    await wf.streamer.close()  # type: ignore[attr-defined]
+    await wf._engine.streamer.close()  # type: ignore[attr-defined]
 
     await _execute(engine, "DROP INDEX uq_workflow_records_unfinished")
     # a new process (a new engine) on the damaged database refuses it

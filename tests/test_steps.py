@@ -181,7 +181,7 @@ async def test_error_count_is_consecutive(clock: FakeClock, registry: CollectorR
         await wf.await_("c", rid, Status.DONE, timeout=5)
     assert calls == len(script)
     assert RunState.PAUSED not in [r.run_state for r in await store.history(rid)]
-    assert len(wf.error_counter) == 0  # type: ignore[arg-type]  # nothing kept per run
+    assert len(wf._engine.error_counter) == 0  # type: ignore[arg-type]  # nothing kept per run
 
 
 async def test_non_retryable_error_pauses_at_once(

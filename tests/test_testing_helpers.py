@@ -83,6 +83,8 @@ async def test_await_timeout_insert(clock: FakeClock, registry: CollectorRegistr
     assert run.object.note == "stepped"
     bare = Builder[Obj, Status]("no timers")
     bare.add_step(Status.STARTED, step, Status.DONE)
-    plain = bare.build(wf.streamer, wf.store, wf.roles, metrics_registry=registry)
+    plain = bare.build(
+        wf._engine.streamer, wf._engine.store, wf._engine.roles, metrics_registry=registry
+    )
     with pytest.raises(ValueError, match="timeout store"):
         await await_timeout_insert(plain, "t", rid, Status.STARTED)

@@ -88,8 +88,8 @@ class WatchedTimeoutStore(MemTimeoutStore):
 
 async def armed(wf: Workflow[Any, Any], run_id: str) -> list[Any]:
     """The run's live (not completed, not cancelled) timers."""
-    assert wf.timeout_store is not None
-    return [t for t in await wf.timeout_store.list(wf.name) if t.run_id == run_id]
+    assert wf._engine.timeout_store is not None
+    return [t for t in await wf._engine.timeout_store.list(wf.name) if t.run_id == run_id]
 
 
 async def until_timers(wf: Workflow[Any, Any], run_id: str, n: int) -> None:
@@ -100,7 +100,7 @@ async def until_timers(wf: Workflow[Any, Any], run_id: str, n: int) -> None:
 
 
 def watched(wf: Workflow[Any, Any]) -> WatchedTimeoutStore:
-    store = wf.timeout_store
+    store = wf._engine.timeout_store
     assert isinstance(store, WatchedTimeoutStore)
     return store
 

@@ -339,3 +339,30 @@ async def test_trigger_refuses_statuses_outside_the_graph_or_terminal(
     with pytest.raises(ValueError):
         await wf.trigger("t", 7)  # type: ignore[arg-type]
     assert await wf.list() == []
+
+
+def test_a_workflow_shows_users_only_its_documented_api(registry: CollectorRegistry) -> None:
+    """The engine's machinery (store, graph, write, apply ...) is private: a user sees the
+    calls the README documents and nothing else."""
+    b = Builder[Obj, Status]("front door")
+    b.add_step(Status.STARTED, to_middle, Status.MIDDLE)
+    wf = b.build(MemStreamer(), MemRecordStore(), MemRoleScheduler(), metrics_registry=registry)
+    public = {name for name in dir(wf) if not name.startswith("_")}
+    assert public == {
+        "name",
+        "trigger",
+        "await_",
+        "callback",
+        "schedule",
+        "pause",
+        "resume",
+        "cancel",
+        "delete_data",
+        "lookup",
+        "latest",
+        "list",
+        "run",
+        "stop",
+        "states",
+    }
+    assert wf.name == "front door"

@@ -36,7 +36,7 @@ from ._runstate import RunState, can_move
 from ._usercode import call_user
 
 if TYPE_CHECKING:
-    from ._workflow import Workflow, _Schedule
+    from ._engine import Engine, Schedule
 
 __all__ = [
     "connector_processes",
@@ -61,7 +61,7 @@ class StaleRecordError(WorkflowError):
     retriable = True
 
 
-def _role(wf: Workflow[Any, Any], name: str) -> str:
+def _role(wf: Engine[Any, Any], name: str) -> str:
     return f"{wf.name.replace(' ', '_')}-{name}"
 
 
@@ -69,7 +69,7 @@ def _role(wf: Workflow[Any, Any], name: str) -> str:
 
 
 async def load_for_event(
-    wf: Workflow[Any, Any], proc: Process, event: Event, status: int
+    wf: Engine[Any, Any], proc: Process, event: Event, status: int
 ) -> Record | None:
     """The run an event is about, or None (skipped) when the event is stale or the run is
     stopped / elsewhere. Raises :class:`StaleRecordError` when the store lags the event."""
@@ -104,7 +104,7 @@ async def load_for_event(
 
 
 async def guarded(
-    wf: Workflow[Any, Any],
+    wf: Engine[Any, Any],
     proc: Process,
     record: Record,
     work: Callable[[Run[Any, Any]], Awaitable[None]],
@@ -127,7 +127,7 @@ async def guarded(
             "process": proc.name,
             "foreign_id": record.foreign_id,
             "run_id": record.run_id,
-            "status": wf.status_type(record.status).name,
+            "status": wf.status_name(record.status),
         }
         if not non_retryable and (pause_after <= 0 or count < pause_after):
             wf.log.error(f"error {count} of this run: {err!r}", exc=True, **ctx)
@@ -140,7 +140,7 @@ async def guarded(
         if can_move(record.run_state, RunState.PAUSED):
             with contextlib.suppress(ConcurrentUpdateError):
                 await wf.write(
-                    wf._next_version(record, run_state=RunState.PAUSED, reason=reason),
+                    wf.next_version(record, run_state=RunState.PAUSED, reason=reason),
                     record.run_state,
                 )
         wf.log.warning(f"paused run: {reason}", **ctx)
@@ -152,7 +152,7 @@ async def guarded(
 
 
 def status_consumer(
-    wf: Workflow[Any, Any],
+    wf: Engine[Any, Any],
     status: int,
     name: str,
     role: str,
@@ -199,7 +199,7 @@ def _run_id(event: Event) -> str:
     return event.foreign_id  # on workflow topics the event's foreign id is the run id
 
 
-def step_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
+def step_processes(wf: Engine[Any, Any]) -> Iterator[Process]:
     for status, cfg in wf.steps.items():
         opts = cfg.options.over(wf.defaults)
         n = _opt(opts, "parallel_count")
@@ -231,7 +231,7 @@ def step_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
 
 
 def _event_consumer(
-    wf: Workflow[Any, Any],
+    wf: Engine[Any, Any],
     name: str,
     topic_name: str,
     handle: Callable[[Process, Event], Awaitable[None]],
@@ -268,7 +268,7 @@ def _run_state_is(state: RunState) -> Callable[[Event], bool]:
     return lambda event: event.headers.get(Header.RUN_STATE) == value
 
 
-def hook_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
+def hook_processes(wf: Engine[Any, Any]) -> Iterator[Process]:
     for state, hook in wf.hooks.items():
 
         async def handle(proc: Process, event: Event, hook: Callable[..., Any] = hook) -> None:
@@ -291,7 +291,7 @@ def hook_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
         )
 
 
-async def _version_of_event(wf: Workflow[Any, Any], record: Record, event: Event) -> Record:
+async def _version_of_event(wf: Engine[Any, Any], record: Record, event: Event) -> Record:
     """The version of the run that ``event`` announced (luno bug 20: its hooks got the run as
     it was when the hook ran, e.g. a pause hook saw the run already resumed). Taken from the
     store's history when the run has moved on since; a store without ``history`` gives the
@@ -309,7 +309,7 @@ async def _version_of_event(wf: Workflow[Any, Any], record: Record, event: Event
     return record
 
 
-def delete_process(wf: Workflow[Any, Any]) -> Process:
+def delete_process(wf: Engine[Any, Any]) -> Process:
     async def handle(proc: Process, event: Event) -> None:
         try:
             record = await wf.store.lookup(event.foreign_id)
@@ -328,7 +328,7 @@ def delete_process(wf: Workflow[Any, Any]) -> Process:
         else:
             obj = wf.decode(record.object)
             data = wf.encode(await call_user(wf.custom_delete, obj))
-        new = wf._next_version(record, run_state=RunState.DATA_DELETED, obj=data)
+        new = wf.next_version(record, run_state=RunState.DATA_DELETED, obj=data)
         try:
             await wf.write(new, record.run_state)
         except ConcurrentUpdateError:
@@ -337,7 +337,7 @@ def delete_process(wf: Workflow[Any, Any]) -> Process:
     return _event_consumer(wf, "delete-consumer", delete_topic(wf.name), handle)
 
 
-def pause_retry_process(wf: Workflow[Any, Any]) -> Process:
+def pause_retry_process(wf: Engine[Any, Any]) -> Process:
     retry = wf.pause_retry
     assert retry is not None
     clock = wf.clock
@@ -364,7 +364,7 @@ def pause_retry_process(wf: Workflow[Any, Any]) -> Process:
             await clock.sleep_until(record.updated_at + retry)
         try:
             await wf.write(
-                wf._next_version(record, run_state=RunState.RUNNING, reason=""), record.run_state
+                wf.next_version(record, run_state=RunState.RUNNING, reason=""), record.run_state
             )
             wf.log.debug("resumed paused run", run_id=record.run_id, foreign_id=record.foreign_id)
         except ConcurrentUpdateError:
@@ -385,11 +385,11 @@ def pause_retry_process(wf: Workflow[Any, Any]) -> Process:
 # -- connectors ------------------------------------------------------------------------
 
 
-def _connector_time(wf: Workflow[Any, Any]) -> Callable[[ConnectorEvent], datetime]:
+def _connector_time(wf: Engine[Any, Any]) -> Callable[[ConnectorEvent], datetime]:
     return lambda ce: ce.created_at if ce.created_at is not None else wf.clock.now()
 
 
-def connector_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
+def connector_processes(wf: Engine[Any, Any]) -> Iterator[Process]:
     for cname, cfg in wf.connectors.items():
         opts = cfg.options.over(wf.defaults)
         n = _opt(opts, "parallel_count")
@@ -407,7 +407,7 @@ def connector_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
                     consumer = await cfg.constructor.make(role)
 
                     async def handle(ce: ConnectorEvent) -> None:
-                        await call_user(cfg.fn, wf, ce)
+                        await call_user(cfg.fn, wf.api, ce)
 
                     try:
                         await consume(
@@ -433,7 +433,7 @@ def connector_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
 # -- outbox relay ------------------------------------------------------------------------
 
 
-def outbox_process(wf: Workflow[Any, Any]) -> Process:
+def outbox_process(wf: Engine[Any, Any]) -> Process:
     cfg = wf.outbox
     assert cfg is not None
     store = wf.store
@@ -490,7 +490,7 @@ def outbox_process(wf: Workflow[Any, Any]) -> Process:
 # -- schedules ---------------------------------------------------------------------------
 
 
-def schedule_process(wf: Workflow[Any, Any], sched: _Schedule) -> Process:
+def schedule_process(wf: Engine[Any, Any], sched: Schedule) -> Process:
     clock = wf.clock
     name = f"{sched.foreign_id}-scheduler-{sched.cron.spec}"
 

@@ -20,7 +20,8 @@ def mermaid(wf: Any, direction: str = "LR") -> str:
         raise ValueError(f"mermaid() needs a built Workflow, got {type(wf).__name__}")
     if direction not in ("LR", "RL", "TB", "BT"):
         raise ValueError("direction must be one of LR, RL, TB, BT")
-    status = wf.status_type
+    eng = wf._engine
+    status = eng.status_type
     lines = [
         "---",
         f"title: Workflow diagram of {wf.name}",
@@ -29,13 +30,13 @@ def mermaid(wf: Any, direction: str = "LR") -> str:
         f"\tdirection {direction}",
         "",
     ]
-    for node in sorted(wf.graph.nodes):
+    for node in sorted(eng.graph.nodes):
         lines.append(f"\t{node}: {_label(status(node).name)}")
     lines.append("")
-    lines.append(f"\t[*] --> {int(wf.default_start)}")
-    for src, dsts in wf.graph.edges:
+    lines.append(f"\t[*] --> {int(eng.default_start)}")
+    for src, dsts in eng.graph.edges:
         for dst in dsts:
             lines.append(f"\t{src} --> {dst}")
-    for node in wf.graph.terminal_nodes:
+    for node in eng.graph.terminal_nodes:
         lines.append(f"\t{node} --> [*]")
     return "\n".join(lines) + "\n"

@@ -18,7 +18,7 @@ from ._record import Event, Header
 from ._runstate import State
 
 if TYPE_CHECKING:
-    from ._workflow import Workflow
+    from ._engine import Engine
 
 __all__ = [
     "ErrorCounter",
@@ -77,7 +77,7 @@ class Process:
 
     def __init__(
         self,
-        wf: Workflow[Any, Any],
+        wf: Engine[Any, Any],
         name: str,
         role: str,
         body: Callable[[Process], Coroutine[Any, Any, None]],
@@ -104,7 +104,7 @@ class Process:
 
     @property
     def stopping(self) -> bool:
-        return self.wf._stopping
+        return self.wf.stopping
 
     def set_state(self, state: State) -> None:
         self.state = state

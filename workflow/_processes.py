@@ -17,12 +17,12 @@ from ._process import Process
 from ._timeouts import timeout_processes
 
 if TYPE_CHECKING:
-    from ._workflow import Workflow
+    from ._engine import Engine
 
 __all__ = ["build_processes"]
 
 
-def build_processes(wf: Workflow[Any, Any]) -> list[Process]:
+def build_processes(wf: Engine[Any, Any]) -> list[Process]:
     """The processes ``run()`` starts (schedules are added by the workflow as they come)."""
     procs: list[Process] = []
     procs.extend(step_processes(wf))

@@ -21,12 +21,12 @@ from ._usercode import call_user
 
 if TYPE_CHECKING:
     from ._builder import TimeoutConfig
-    from ._workflow import Workflow
+    from ._engine import Engine
 
 __all__ = ["timeout_processes"]
 
 
-def timeout_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
+def timeout_processes(wf: Engine[Any, Any]) -> Iterator[Process]:
     if wf.timeout_store is None:
         return
     for status, cfg in wf.timeouts.items():
@@ -36,12 +36,12 @@ def timeout_processes(wf: Workflow[Any, Any]) -> Iterator[Process]:
         yield _poller(wf, status, cfg, opts, f"{label}-timeout-consumer")
 
 
-def _role(wf: Workflow[Any, Any], status: int, suffix: str) -> str:
+def _role(wf: Engine[Any, Any], status: int, suffix: str) -> str:
     return f"{wf.name.replace(' ', '_')}-{status}-{suffix}"
 
 
 def _inserter(
-    wf: Workflow[Any, Any], status: int, cfg: TimeoutConfig, opts: ProcessOptions, name: str
+    wf: Engine[Any, Any], status: int, cfg: TimeoutConfig, opts: ProcessOptions, name: str
 ) -> Process:
     store = wf.timeout_store
     assert store is not None
@@ -67,7 +67,7 @@ def _inserter(
 
 
 def _poller(
-    wf: Workflow[Any, Any], status: int, cfg: TimeoutConfig, opts: ProcessOptions, name: str
+    wf: Engine[Any, Any], status: int, cfg: TimeoutConfig, opts: ProcessOptions, name: str
 ) -> Process:
     store = wf.timeout_store
     assert store is not None

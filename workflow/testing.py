@@ -31,7 +31,8 @@ from ._clock import FakeClock
 from ._errors import RecordNotFoundError
 from ._record import Record
 from ._run import Run
-from ._workflow import Workflow, call_user
+from ._usercode import call_user
+from ._workflow import Workflow
 from .adapters.memory import MemRecordStore, MemRoleScheduler, MemStreamer, MemTimeoutStore
 
 __all__ = [
@@ -90,7 +91,7 @@ async def _wait_until(
 ) -> Any:
     deadline = time.monotonic() + timeout
     while True:
-        fut = wf.signals.waiter(channel)
+        fut = wf._engine.signals.waiter(channel)
         try:
             result = await check()
             if result is not None:
@@ -107,9 +108,9 @@ async def _wait_until(
 
 
 async def _versions(wf: Workflow[Any, Any], record: Record) -> list[Record]:
-    if not isinstance(wf.store, RecordHistory):
+    if not isinstance(wf._engine.store, RecordHistory):
         return [record]
-    return await wf.store.history(record.run_id)
+    return await wf._engine.store.history(record.run_id)
 
 
 async def _find_version(
@@ -121,7 +122,7 @@ async def _find_version(
 ) -> Record:
     async def check() -> Record | None:
         try:
-            latest = await wf.store.latest(wf.name, foreign_id)
+            latest = await wf._engine.store.latest(wf.name, foreign_id)
         except RecordNotFoundError:
             return None
         for version in reversed(await _versions(wf, latest)):
@@ -144,14 +145,14 @@ async def wait_for(
     ``predicate(run)`` (plain or async) and return that version."""
 
     async def match(record: Record) -> bool:
-        return bool(await call_user(predicate, wf.new_run(record)))
+        return bool(await call_user(predicate, wf._engine.new_run(record)))
 
     record = await _find_version(wf, foreign_id, match, timeout, f"{foreign_id!r} to match")
-    return wf.new_run(record)
+    return wf._engine.new_run(record)
 
 
 def _normalise(wf: Workflow[Any, Any], value: Any) -> Any:
-    return json.loads(wf.encode(wf._codec.validate(value)))
+    return json.loads(wf._engine.encode(wf._engine.codec.validate(value)))
 
 
 async def require(
@@ -164,7 +165,7 @@ async def require(
 ) -> Run[T, Any]:
     """Wait until the latest run of ``foreign_id`` has been at ``status`` and assert that its
     object there equals ``expected_object`` (compared as stored JSON)."""
-    target = int(wf.status(status))
+    target = int(wf._engine.status(status))
 
     async def at_status(record: Record) -> bool:
         return record.status == target
@@ -178,7 +179,7 @@ async def require(
         raise AssertionError(
             f"run {record.run_id} at {status!r}: expected object {expected!r}, got {actual!r}"
         )
-    return wf.new_run(record)
+    return wf._engine.new_run(record)
 
 
 def _payload(payload: Any) -> bytes:
@@ -213,10 +214,10 @@ async def await_timeout_insert(
     timeout: float = 10.0,
 ) -> None:
     """Wait until a timer is armed for run ``run_id`` at ``status``."""
-    store = wf.timeout_store
+    store = wf._engine.timeout_store
     if store is None:
         raise ValueError(f"workflow {wf.name!r} was built without a timeout store")
-    target = int(wf.status(status))
+    target = int(wf._engine.status(status))
 
     async def check() -> bool | None:
         for t in await store.list(wf.name):

@@ -138,7 +138,7 @@ def mem_workflow(h: Holder | None = None, **kwargs: Any) -> Workflow[Obj, Status
 
 async def snapshot(wf: Workflow[Any, Any]) -> Any:
     """Everything a bad call could have touched: runs, their versions, the outbox."""
-    store: Any = wf.store
+    store: Any = wf._engine.store
     records = await store.list("", 0, 10_000, "asc")
     history = {r.run_id: await store.history(r.run_id) for r in records}
     outbox = [(e.id, e.data) for e in await store.list_outbox_events(wf.name, 10_000)]
@@ -228,13 +228,13 @@ def test_callback_returning_an_undeclared_transition_changes_nothing(bad: Any) -
         h.callback_result = bad if bad is not None else Status.STARTED
         wf = mem_workflow(h)
         _, b = await seeded(wf)
-        before = await wf.store.history(b)  # type: ignore[attr-defined]
+        before = await wf._engine.store.history(b)  # type: ignore[attr-defined]
         await refused(
             wf,
             lambda: wf.callback("b", Status.WAITING, b'{"amount": 5, "ok": true}'),
             InvalidTransitionError,
         )
-        after = await wf.store.history(b)  # type: ignore[attr-defined]
+        after = await wf._engine.store.history(b)  # type: ignore[attr-defined]
         assert after == before and len(after) == 1 and after[0].meta.version == 1
         assert (await wf.lookup(b)).object == Obj(note="b")
 
@@ -273,9 +273,9 @@ async def check_step_refused(
 ) -> None:
     async with wf:
         rid = await wf.trigger("s", initial_value=Obj(note="s"))
-        first = await wf.store.lookup(rid)
+        first = await wf._engine.store.lookup(rid)
         await asyncio.wait_for(errors.failed.wait(), timeout=10)
-    history = await wf.store.history(rid)  # type: ignore[attr-defined]
+    history = await wf._engine.store.history(rid)  # type: ignore[attr-defined]
     assert history == [first], "an undeclared transition was stored"
     run = await wf.lookup(rid)
     assert run.meta.version == 1 and run.status is Status.STARTED and run.object == Obj(note="s")
@@ -515,7 +515,7 @@ async def hostile_round_trip(wf: Workflow[Obj, Status], fid: str) -> None:
     assert await wf.callback(fid, Status.STARTED, b'{"amount": 2, "ok": true}')
     assert (await wf.latest(fid)).status is Status.WAITING
     await raises(lambda: wf.trigger(fid), WorkflowInProgressError)
-    assert len(await wf.store.history(rid)) == 2  # type: ignore[attr-defined]
+    assert len(await wf._engine.store.history(rid)) == 2  # type: ignore[attr-defined]
     await wf.cancel(rid, reason=fid)
     assert (await wf.lookup(rid)).meta.run_state_reason == fid
 
@@ -528,9 +528,9 @@ def test_hostile_foreign_ids_round_trip(fid: str) -> None:
         a, b = await seeded(wf)
         if fid in ("a", "b"):
             return
-        others = [await wf.store.history(r) for r in (a, b)]  # type: ignore[attr-defined]
+        others = [await wf._engine.store.history(r) for r in (a, b)]  # type: ignore[attr-defined]
         await hostile_round_trip(wf, fid)
-        assert [await wf.store.history(r) for r in (a, b)] == others  # type: ignore[attr-defined]
+        assert [await wf._engine.store.history(r) for r in (a, b)] == others  # type: ignore[attr-defined]
 
     asyncio.run(body())
 

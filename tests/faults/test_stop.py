@@ -168,7 +168,7 @@ async def test_stop_under_load_then_a_new_workflow_finishes_every_run(stores: St
         for fid, rid in ids.items():
             await second.await_(fid, rid, Status.DONE, timeout=60)
     await stores.close()
-    store = second.store
+    store = second._engine.store
     for rid in ids.values():
         check_history(rid, await store.history(rid))  # type: ignore[attr-defined]
     assert entered

@@ -1,0 +1,335 @@
+"""The engine behind a :class:`~workflow.Workflow`: its declaration (a snapshot of the
+builder), its adapters, and the one place where runs are written. Processes, consumers and
+the public ``Workflow`` API all work through it; users never see it."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ._adapters import EventStreamer, RecordStore, RoleScheduler, TimeoutStore
+from ._clock import Clock, RealClock
+from ._cron import CronSchedule
+from ._errors import (
+    InvalidStatusError,
+    InvalidTransitionError,
+    RunStateError,
+    UnableToCancelError,
+    UnableToDeleteError,
+    UnableToPauseError,
+    UnableToResumeError,
+)
+from ._log import RunLog
+from ._metrics import metrics_for
+from ._objects import ObjectCodec
+from ._options import DEFAULT_OPTIONS, OutboxOptions, ProcessOptions
+from ._process import ErrorCounter, MemErrorCounter
+from ._record import Meta, Record
+from ._run import SAVE_AND_REPEAT, SKIP, Run, RunStateChange
+from ._runstate import RunState, can_move
+from ._signals import signals_for
+from ._text import check_text, storable
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from ._builder import Builder
+
+__all__ = ["Engine", "Schedule", "check_foreign_id", "run_state_error"]
+
+T = TypeVar("T")
+S = TypeVar("S", bound=enum.IntEnum)
+
+
+class Schedule:
+    """A cron schedule registered with ``Workflow.schedule``; ``last`` is its position."""
+
+    def __init__(
+        self, foreign_id: str, cron: CronSchedule, initial: Any, filter: Callable[[], Any] | None
+    ) -> None:
+        self.foreign_id = foreign_id
+        self.cron = cron
+        self.initial = initial
+        self.filter = filter
+        self.last: datetime | None = None
+
+
+class Engine(Generic[T, S]):
+    """The machinery of one built workflow (see the module docstring)."""
+
+    def __init__(
+        self,
+        builder: Builder[T, S],
+        *,
+        object_type: Any,
+        status_type: type[S],
+        streamer: EventStreamer,
+        store: RecordStore,
+        roles: RoleScheduler,
+        timeout_store: TimeoutStore | None,
+        clock: Clock | None,
+        default_options: ProcessOptions,
+        outbox: OutboxOptions | None,
+        custom_delete: Callable[..., Any] | None,
+        pause_retry: timedelta | None,
+        logger: Any,
+        debug: bool,
+        metrics_registry: CollectorRegistry | None = None,
+        error_counter: ErrorCounter | None = None,
+    ) -> None:
+        self.name = builder.name
+        self.object_type = object_type
+        self.status_type: type[S] = status_type
+        self.codec: ObjectCodec[T] = ObjectCodec(object_type)
+        # A snapshot: changing the builder after build() changes nothing here.
+        self.graph = builder.graph.copy()
+        self.steps = {k: dataclasses.replace(v) for k, v in builder.steps.items()}
+        self.callbacks = {k: list(v) for k, v in builder.callbacks.items()}
+        self.timeouts = {
+            k: dataclasses.replace(v, pairs=list(v.pairs)) for k, v in builder.timeouts.items()
+        }
+        self.connectors = {k: dataclasses.replace(v) for k, v in builder.connectors.items()}
+        self.hooks = dict(builder.hooks)
+        self.default_start: S = status_type(builder.graph.from_order[0])
+        self.streamer = streamer
+        self.store = store
+        self.roles = roles
+        self.timeout_store = timeout_store
+        self.clock: Clock = clock or RealClock()
+        self.defaults = default_options.over(DEFAULT_OPTIONS)
+        self.outbox = outbox
+        self.custom_delete = custom_delete
+        self.pause_retry = pause_retry
+        self.metrics = metrics_for(metrics_registry)
+        self._state_changes: dict[tuple[RunState, RunState], Any] = {}
+        self._status_names = {int(m): m.name for m in status_type}
+        self._members: dict[int, S] = {int(m): m for m in status_type}
+        self.log = RunLog(logger, self.name, debug)
+        self.signals = signals_for(store)
+        self.error_counter: ErrorCounter = error_counter or MemErrorCounter()
+        # Set while the workflow stops: consumers take no further event.
+        self.stopping = False
+        # The public ``Workflow`` this engine serves (handed to connector functions).
+        self.api: Any = None
+
+    def __repr__(self) -> str:
+        return f"<Engine of workflow {self.name!r}>"
+
+    # -- encoding and validation --------------------------------------------------------
+
+    def encode(self, obj: Any) -> bytes:
+        """The object as stored JSON (see :meth:`ObjectCodec.encode`)."""
+        return self.codec.encode(obj)
+
+    def decode(self, data: bytes) -> T:
+        return self.codec.decode(data)
+
+    def status(self, value: Any, what: str = "status") -> S:
+        """``value`` as a member of the status enum that is a node of the graph; anything
+        else is an :class:`InvalidStatusError` (a ``ValueError``)."""
+        problem = self.not_a_status(value, what)
+        if problem is not None:
+            raise InvalidStatusError(problem)
+        try:
+            member = self.status_type(value)
+        except ValueError:
+            raise InvalidStatusError(
+                f"{what} {value!r} is not a member of {self.status_type.__name__}"
+            ) from None
+        if not self.graph.is_node(int(member)):
+            raise InvalidStatusError(
+                f"{what} {member!r} is not configured for workflow {self.name!r}; statuses in "
+                f"the graph: {[self.status_type(n).name for n in self.graph.nodes]}"
+            )
+        return member
+
+    def not_a_status(self, value: Any, what: str) -> str | None:
+        """Why ``value`` cannot be a status of this workflow by its type, or None. Another
+        enum's member (an ``IntEnum`` or ``IntFlag``) is refused, not taken by its number."""
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{what} must be a {self.status_type.__name__}, got {value!r}"
+        if isinstance(value, enum.Enum) and not isinstance(value, self.status_type):
+            return (
+                f"{what} must be a {self.status_type.__name__}, got {value!r}, a member of "
+                f"another enum ({type(value).__name__}), which is not taken by its number"
+            )
+        return None
+
+    def status_name(self, status: int) -> str:
+        """The member name of ``status``, or the number as text for a status the enum no
+        longer has (a run stored by an earlier version of the workflow)."""
+        name = self._status_names.get(status)
+        return str(int(status)) if name is None else name
+
+    def new_run(self, record: Record) -> Run[T, S]:
+        """Decode a record into the ``Run`` handed to user code. A status the enum does not
+        have (removed by a later version of the workflow) stays the stored ``int``."""
+        try:
+            obj: Any = self.decode(record.object)
+        except ValueError:
+            if record.run_state is not RunState.DATA_DELETED:
+                raise
+            obj = json.loads(record.object)
+        status: Any = self._members.get(record.status, record.status)
+        return Run(record, status, obj, self._controller)
+
+    # -- writes -------------------------------------------------------------------------
+
+    async def write(self, record: Record, previous: RunState) -> None:
+        """Store a record (compare-and-set) and tell everyone in this process."""
+        await self.store.store(record)
+        key = (previous, record.run_state)
+        counter = self._state_changes.get(key)
+        if counter is None:
+            counter = self._state_changes[key] = self.metrics.run_state_changes.labels(
+                self.name, str(previous), str(record.run_state)
+            )
+        counter.inc()
+        self.signals.stored(record)
+
+    def next_version(
+        self,
+        record: Record,
+        *,
+        run_state: RunState,
+        status: int | None = None,
+        obj: bytes | None = None,
+        reason: str | None = None,
+    ) -> Record:
+        st = record.status if status is None else status
+        meta = record.meta
+        return Record(
+            workflow_name=record.workflow_name,
+            foreign_id=record.foreign_id,
+            run_id=record.run_id,
+            run_state=run_state,
+            status=st,
+            object=record.object if obj is None else obj,
+            created_at=record.created_at,
+            updated_at=self.clock.now(),
+            meta=Meta(
+                run_state_reason=meta.run_state_reason if reason is None else storable(reason),
+                status_description=self.status_name(st),
+                version=meta.version + 1,
+                trace_origin=meta.trace_origin,
+            ),
+        )
+
+    async def _controller(self, run: Run[Any, Any], target: RunState, reason: str) -> None:
+        """``run.pause()`` / ``run.cancel()`` from user code: store the run's object with it."""
+        check_text(reason, "reason")
+        record = run.record
+        if not can_move(record.run_state, target):
+            raise run_state_error(target)(
+                f"cannot move run {record.run_id} from {record.run_state} to {target}"
+            )
+        new = self.next_version(
+            record, run_state=target, obj=self.encode(run.object), reason=reason
+        )
+        await self.write(new, record.run_state)
+
+    async def apply(self, record: Record, run: Run[T, S], result: Any) -> bool:
+        """Store what a step / callback / timeout returned. True when something was written.
+
+        Raises :class:`InvalidTransitionError` (nothing written) for an undeclared move and
+        :class:`ConcurrentUpdateError` when the run changed since ``record`` was read.
+        """
+        if run._state_changed:
+            return True
+        if result is None or result is SKIP:
+            return False
+        if isinstance(result, RunStateChange):
+            await result.apply()
+            return True
+        if result is SAVE_AND_REPEAT:
+            status, run_state = record.status, RunState.RUNNING
+        else:
+            current = self.status_name(record.status)
+            problem = self.not_a_status(result, "the step's result")
+            if problem is not None:
+                raise InvalidTransitionError(
+                    f"workflow {self.name!r}, at {current}: {problem}; return one of "
+                    f"{self.names(self.graph.transitions(record.status))}, "
+                    "run.skip(), run.save_and_repeat(), run.pause() or run.cancel()"
+                )
+            status = int(result)
+            if not self.graph.allowed(record.status, status):
+                raise InvalidTransitionError(
+                    f"workflow {self.name!r}: {current} -> {result!r} is not a declared "
+                    f"transition; declared: {self.names(self.graph.transitions(record.status))}"
+                )
+            terminal = self.graph.is_terminal(status)
+            run_state = RunState.COMPLETED if terminal else RunState.RUNNING
+        new = self.next_version(
+            record, run_state=run_state, status=status, obj=self.encode(run.object)
+        )
+        await self.write(new, record.run_state)
+        return True
+
+    def names(self, statuses: list[int]) -> list[str]:
+        return [self.status_type(s).name for s in statuses]
+
+    async def trigger(
+        self,
+        foreign_id: str,
+        start_at: S | None = None,
+        initial_value: T | None = None,
+        trace_origin: str = "",
+    ) -> str:
+        """Create a run (see ``Workflow.trigger``) and return its id."""
+        check_foreign_id(foreign_id)
+        start = self.default_start if start_at is None else self.status(start_at, "start_at")
+        if self.graph.is_terminal(int(start)):
+            raise InvalidStatusError(
+                f"start_at {start!r} is a terminal status of workflow {self.name!r}: a run "
+                "starting there would never be consumed"
+            )
+        if initial_value is None:
+            try:
+                initial: Any = self.object_type()
+            except Exception as err:
+                raise ValueError(
+                    f"{self.object_type!r} cannot be built without arguments; pass "
+                    "trigger(..., initial_value=...)"
+                ) from err
+        else:
+            initial = self.codec.validate(initial_value)
+        record = self.new_record(foreign_id, start, initial, trace_origin)
+        await self.write(record, RunState.UNKNOWN)
+        return record.run_id
+
+    def new_record(self, foreign_id: str, start: S, initial: Any, trace_origin: str) -> Record:
+        """The first version of a new run (not yet stored)."""
+        now = self.clock.now()
+        return Record(
+            workflow_name=self.name,
+            foreign_id=foreign_id,
+            run_id=str(uuid.uuid4()),
+            run_state=RunState.INITIATED,
+            status=int(start),
+            object=self.encode(initial),
+            created_at=now,
+            updated_at=now,
+            meta=Meta(status_description=start.name, version=1, trace_origin=trace_origin),
+        )
+
+
+def check_foreign_id(foreign_id: object) -> None:
+    if not isinstance(foreign_id, str) or not foreign_id:
+        raise ValueError(f"foreign_id must be a non-empty str, got {foreign_id!r}")
+    check_text(foreign_id, "foreign_id")
+
+
+def run_state_error(target: RunState) -> type[RunStateError]:
+    """The error for a run that cannot move to ``target``."""
+    return {
+        RunState.PAUSED: UnableToPauseError,
+        RunState.RUNNING: UnableToResumeError,
+        RunState.CANCELLED: UnableToCancelError,
+        RunState.REQUESTED_DATA_DELETED: UnableToDeleteError,
+    }.get(target, RunStateError)
