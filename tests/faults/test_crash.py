@@ -81,6 +81,9 @@ async def crash_under_load(url: str, schema: str, kafka: str | None) -> None:
                 await asyncio.wait([w.ready for w in workers], return_when="FIRST_COMPLETED")
                 ready = [w for w in workers if w.alive_and_ready()]
             victim = rng.choice(ready)
+            if k == KILLS - 1:  # the last kill, too, must hit a worker with work in hand
+                done = await count_done(engine)
+                assert done < RUNS, f"seed {seed}: the load finished before the last kill"
             await victim.kill()
             killed += 1
             # ... and a fresh process (a spare, already imported) takes its place
@@ -89,8 +92,6 @@ async def crash_under_load(url: str, schema: str, kafka: str | None) -> None:
             await fresh.go()
             workers[workers.index(victim)] = fresh
             spares.append(await Worker.spawn(url, schema, *extra, spare=True))
-        done = await count_done(engine)
-        assert done < RUNS, f"seed {seed}: the load finished before the last kill; raise RUNS"
         try:
             await check_completed_once(engine, RUNS, timeout=90)
         except AssertionError as e:
