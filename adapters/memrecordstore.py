@@ -5,9 +5,11 @@ from __future__ import annotations
 import builtins
 import dataclasses
 from collections.abc import Sequence
+from datetime import datetime
 
 from workflow import (
     ConcurrentUpdateError,
+    IdempotencyKeyUsedError,
     OutboxEvent,
     Record,
     RecordNotFoundError,
@@ -35,6 +37,8 @@ class MemRecordStore:
         self._order: list[str] = []
         self._outbox: dict[str, dict[str, OutboxEvent]] = {}
         self._outbox_owner: dict[str, str] = {}
+        self._keys: dict[tuple[str, str], str] = {}
+        self._retrying: dict[str, Record] = {}  # runs whose meta.retry_at is set
 
     async def store(self, record: Record) -> None:
         current = self._records.get(record.run_id)
@@ -44,6 +48,14 @@ class MemRecordStore:
                 raise ConcurrentUpdateError(
                     f"run {record.run_id} does not exist; a new run must be stored with "
                     f"version 1, got {record.meta.version}"
+                )
+            idem = record.meta.idempotency_key
+            if idem is not None and (record.workflow_name, idem) in self._keys:
+                existing = self._keys[(record.workflow_name, idem)]
+                raise IdempotencyKeyUsedError(
+                    f"run {existing} of workflow {record.workflow_name!r} already has "
+                    f"idempotency key {idem!r}",
+                    existing,
                 )
             key = (record.workflow_name, record.foreign_id)
             last_id = self._latest.get(key)
@@ -56,6 +68,8 @@ class MemRecordStore:
                         " to finish or cancel it"
                     )
             self._latest[key] = record.run_id
+            if idem is not None:
+                self._keys[(record.workflow_name, idem)] = record.run_id
             self._order.append(record.run_id)
             self._history[record.run_id] = []
         elif current.meta.version != expected:
@@ -64,6 +78,10 @@ class MemRecordStore:
                 f"{record.meta.version} is stale. Read the run again"
             )
         self._records[record.run_id] = record
+        if record.meta.retry_at is None:
+            self._retrying.pop(record.run_id, None)
+        else:
+            self._retrying[record.run_id] = record
         history = self._history[record.run_id]
         if record.run_state is RunState.DATA_DELETED:
             # a run's personal data must not survive its deletion in the history
@@ -72,6 +90,29 @@ class MemRecordStore:
         event = make_outbox_event(record)
         self._outbox.setdefault(record.workflow_name, {})[event.id] = event
         self._outbox_owner[event.id] = record.workflow_name
+
+    async def due_retries(
+        self, workflow_name: str, status: int, now: datetime, limit: int
+    ) -> builtins.list[Record]:
+        due = [
+            r
+            for r in self._retrying.values()
+            if r.workflow_name == workflow_name
+            and r.status == status
+            and r.meta.retry_at is not None
+            and r.meta.retry_at <= now
+            and r.run_state in (RunState.INITIATED, RunState.RUNNING)
+        ]
+        due.sort(key=lambda r: r.meta.retry_at or now)
+        return due[:limit]
+
+    async def unfinished_by_status(self, workflow_name: str) -> dict[int, int]:
+        """How many initiated, running or paused runs each status has."""
+        counts: dict[int, int] = {}
+        for r in self._records.values():
+            if r.workflow_name == workflow_name and not r.run_state.finished:
+                counts[r.status] = counts.get(r.status, 0) + 1
+        return counts
 
     async def lookup(self, run_id: str) -> Record:
         try:

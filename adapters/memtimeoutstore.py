@@ -64,6 +64,14 @@ class MemTimeoutStore:
     async def cancel(self, id: int) -> None:
         self._timeouts.pop(id, None)
 
+    async def cancel_run(self, workflow_name: str, run_id: str, status: int) -> None:
+        for tid in [
+            t.id
+            for t in self._timeouts.values()
+            if t.run_id == run_id and t.status == status and t.workflow_name == workflow_name
+        ]:
+            del self._timeouts[tid]
+
     async def list(self, workflow_name: str) -> builtins.list[TimeoutRecord]:
         return [
             t

@@ -97,6 +97,16 @@ class SQLTimeoutStore:
         async with self._engine.begin() as conn:
             await conn.execute(sa.delete(timeouts).where(timeouts.c.id == id))
 
+    async def cancel_run(self, workflow_name: str, run_id: str, status: int) -> None:
+        stmt = sa.delete(timeouts).where(
+            timeouts.c.run_id == run_id,
+            timeouts.c.workflow_name == workflow_name,
+            timeouts.c.status == int(status),
+            timeouts.c.completed == sa.false(),
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(stmt)
+
     async def list(self, workflow_name: str) -> builtins.list[TimeoutRecord]:
         return await self._select(
             timeouts.c.workflow_name == workflow_name,

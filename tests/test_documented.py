@@ -159,6 +159,7 @@ async def _wait_paused(wf: Any, rid: str) -> Record:
     try:
         async with asyncio.timeout(5):
             while True:
+                watch.take()  # what the lookup below sees: wait for versions after it
                 record: Record = await wf._engine.store.lookup(rid)
                 if record.run_state is RunState.PAUSED:
                     return record

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from workflow import Builder, Run, RunState, Workflow
+from workflow import Builder, PausedBy, Run, RunState, Workflow
 from workflow.adapters.memrecordstore import MemRecordStore
 from workflow.adapters.memrolescheduler import MemRoleScheduler
 from workflow.adapters.memstreamer import MemStreamer
@@ -142,8 +142,15 @@ async def test_default_pause_retry_is_one_hour(clock, registry):
 
 async def test_resume_time_counts_from_the_latest_pause(clock, registry):
     # luno bug 12: a run re-paused recently had its earlier pause event consumed without a
-    # resume. Here the run waits at a callback status, so only pausing/resuming moves it.
-    wf = build(FlakyStep(failures=0), clock, registry, pause_retry=TEN_MINUTES)
+    # resume. Here the run waits at a callback status, so only pausing/resuming moves it
+    # (operator pauses, which pause_retry resumes only when told to).
+    wf = build(
+        FlakyStep(failures=0),
+        clock,
+        registry,
+        pause_retry=TEN_MINUTES,
+        pause_retry_for=(PausedBy.OPERATOR,),
+    )
     async with wf:
         run_id = await wf.trigger("andrew", Status.WAITING)
         await wf.pause(run_id, "first")
@@ -178,7 +185,13 @@ async def test_resume_time_counts_from_the_latest_pause(clock, registry):
 
 
 async def test_manual_resume_before_pause_retry_is_not_resumed_twice(clock, registry):
-    wf = build(FlakyStep(failures=0), clock, registry, pause_retry=TEN_MINUTES)
+    wf = build(
+        FlakyStep(failures=0),
+        clock,
+        registry,
+        pause_retry=TEN_MINUTES,
+        pause_retry_for=(PausedBy.OPERATOR,),
+    )
     async with wf:
         run_id = await wf.trigger("andrew", Status.WAITING)
         await wf.pause(run_id, "hold")

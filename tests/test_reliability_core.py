@@ -91,11 +91,14 @@ async def test_a_base_exception_from_a_step_is_a_step_error(
         paused = await wait_for(wf, "x", lambda r: r.run_state is RunState.PAUSED, timeout=5)
     assert len(calls) == 3
     assert "StepInterruptedError" in paused.meta.run_state_reason
-    errors = registry.get_sample_value(
-        "workflow_process_error_count_total",
-        {"workflow_name": "base exceptions", "process_name": "started-consumer-1-of-1"},
-    )
-    assert errors == 2  # the third error paused the run instead of being retried
+    errors = [
+        registry.get_sample_value(
+            "workflow_process_error_count_total",
+            {"workflow_name": "base exceptions", "process_name": name},
+        )
+        for name in ("started-consumer-1-of-1", "started-retry-consumer")
+    ]
+    assert errors == [1, 2]  # the first attempt, then two retries (the last one paused)
     logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert logged and all("StepInterruptedError" in r.getMessage() for r in logged)
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from workflow import (
     Builder,
     InvalidStatusError,
+    PausedBy,
     RecordNotFoundError,
     Run,
     RunFinishedError,
@@ -126,7 +127,8 @@ async def test_delete_and_pause_retry_consumers_go_past_runs_at_a_removed_status
     backend: Backend,
 ) -> None:
     gone = await left_at_gone(backend)
-    wf = backend.build(version_2(), pause_retry=TEN_MINUTES)
+    # operator pauses, resumed here as luno resumed every pause
+    wf = backend.build(version_2(), pause_retry=TEN_MINUTES, pause_retry_for=(PausedBy.OPERATOR,))
     # The new version's own work, queued behind the old runs' events on the same topics.
     done = await wf.trigger("v2 done", initial_value=Doc(note="v2"))
     paused = await wf.trigger("v2 paused", initial_value=Doc(note="v2"))
@@ -305,9 +307,10 @@ async def test_a_step_writing_nan_is_a_step_error_and_writes_nothing(
     assert "UnstorableObjectError" in paused.meta.run_state_reason
     assert "scores[0]" in paused.meta.run_state_reason
     history = await wf._engine.store.history(rid)  # type: ignore[attr-defined]
-    assert [(r.status, r.run_state) for r in history] == [
-        (Status.START, RunState.INITIATED),
-        (Status.START, RunState.PAUSED),
+    assert [(r.status, r.run_state, r.meta.attempt) for r in history] == [
+        (Status.START, RunState.INITIATED, 1),
+        (Status.START, RunState.INITIATED, 2),  # the retry, scheduled
+        (Status.START, RunState.PAUSED, 2),
     ]
     assert all(r.object == history[0].object for r in history)
     assert (await wf.lookup(rid)).object == Doc(note="a")  # still decodes

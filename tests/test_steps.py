@@ -121,9 +121,11 @@ async def test_undeclared_transition_is_an_error_and_changes_nothing(
         await wait_for(wf, "u", lambda r: r.run_state is RunState.PAUSED)
     assert calls == 2
     history = await store.history(rid)
-    assert [(r.status, r.run_state) for r in history] == [
-        (1, RunState.INITIATED),
-        (1, RunState.PAUSED),
+    # version 2 schedules the retry (attempt 2); the second failure pauses the run
+    assert [(r.status, r.run_state, r.meta.attempt) for r in history] == [
+        (1, RunState.INITIATED, 1),
+        (1, RunState.INITIATED, 2),
+        (1, RunState.PAUSED, 2),
     ]
     assert history[-1].object == history[0].object  # the step's change was not stored
     assert "automatically paused" in history[-1].meta.run_state_reason
@@ -222,7 +224,9 @@ async def test_error_backoff_waits_on_the_clock(
         # The backoff's wait on the clock is still pending (stepping resolves due waits at
         # once): nothing can retry the event before the 30 s are up.
         assert clock.waiting == 1
-        assert (await wf.lookup(rid)).meta.version == 1
+        scheduled = (await wf.lookup(rid)).meta
+        assert scheduled.attempt == 2
+        assert scheduled.retry_at == clock.now() + timedelta(seconds=1)
         clock.step(1)
         assert clock.waiting == 0
         await wf.await_("b", rid, Status.DONE, timeout=5)

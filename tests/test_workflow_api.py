@@ -358,6 +358,7 @@ def test_a_workflow_shows_users_only_its_documented_api(registry: CollectorRegis
         "resume",
         "cancel",
         "delete_data",
+        "move",
         "lookup",
         "latest",
         "list",

@@ -25,6 +25,7 @@ from ._builder import Builder, duration_timer
 from ._clock import Clock, RealClock
 from ._errors import (
     ConcurrentUpdateError,
+    IdempotencyKeyUsedError,
     InvalidStatusError,
     InvalidTransitionError,
     NonRetryableError,
@@ -58,6 +59,7 @@ from ._record import (
     run_state_change_topic,
     topic,
 )
+from ._retry import PausedBy, RetryPolicy
 from ._run import Run
 from ._runstate import RunState, State
 from ._workflow import Workflow
@@ -77,6 +79,7 @@ __all__ = [
     "EventStreamer",
     "Filter",
     "Header",
+    "IdempotencyKeyUsedError",
     "InvalidStatusError",
     "InvalidTransitionError",
     "Lease",
@@ -85,11 +88,13 @@ __all__ = [
     "Order",
     "OutboxEvent",
     "OutboxOptions",
+    "PausedBy",
     "ProcessOptions",
     "RealClock",
     "Record",
     "RecordNotFoundError",
     "RecordStore",
+    "RetryPolicy",
     "RoleScheduler",
     "Run",
     "RunFinishedError",

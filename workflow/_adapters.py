@@ -32,6 +32,7 @@ __all__ = [
     "RecordStore",
     "RoleScheduler",
     "RunVersions",
+    "StatusCounts",
     "TimeoutStore",
     "matches",
 ]
@@ -186,6 +187,15 @@ class RunVersions(Protocol):
 
 
 @runtime_checkable
+class StatusCounts(Protocol):
+    """Optional capability of a record store: how many unfinished runs (initiated, running
+    or paused) each status has, in one read. At start the engine uses it to report runs
+    parked at statuses its graph no longer has; without it, it pages through ``list``."""
+
+    async def unfinished_by_status(self, workflow_name: str) -> dict[int, int]: ...
+
+
+@runtime_checkable
 class RecordStore(Protocol):
     """Runs and their transactional outbox.
 
@@ -194,9 +204,22 @@ class RecordStore(Protocol):
     :class:`ConcurrentUpdateError` and changes nothing. Storing version 1 while the foreign id
     has an unfinished run raises :class:`WorkflowInProgressError`. The record and its outbox
     event (``make_outbox_event(record)``) are written in one transaction.
+
+    A new run (version 1) whose ``meta.idempotency_key`` is set, while a run of the same
+    workflow already has that key (in any state), raises :class:`IdempotencyKeyUsedError`
+    carrying that run's id, and changes nothing: checked atomically with the write, and ahead
+    of the unfinished-run check. Every ``meta`` field round-trips unchanged (``attempt``,
+    ``retry_at``, ``paused_by`` and ``idempotency_key`` included).
     """
 
     async def store(self, record: Record) -> None: ...
+
+    async def due_retries(
+        self, workflow_name: str, status: int, now: datetime, limit: int
+    ) -> builtins.list[Record]:
+        """Runs of the workflow at ``status`` that are initiated or running and whose
+        ``meta.retry_at`` is set and ``<= now``, earliest due first, at most ``limit``."""
+        ...
 
     async def lookup(self, run_id: str) -> Record:
         """The run, or :class:`RecordNotFoundError`."""
@@ -262,6 +285,10 @@ class TimeoutStore(Protocol):
         self, workflow_name: str, status: int, now: datetime
     ) -> builtins.list[TimeoutRecord]:
         """Timers of that status that are not completed and have ``expire_at <= now``."""
+        ...
+
+    async def cancel_run(self, workflow_name: str, run_id: str, status: int) -> None:
+        """Delete every timer of the run at ``status`` (the run left it). Idempotent."""
         ...
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar, get_args
@@ -21,8 +21,9 @@ from ._adapters import (
 )
 from ._clock import Clock, as_timedelta
 from ._graph import Graph
-from ._options import OutboxOptions, ProcessOptions, make_options
+from ._options import DEFAULT_OPTIONS, OutboxOptions, ProcessOptions, make_options, retry_policy
 from ._record import ConnectorEvent, TypedRecord
+from ._retry import PausedBy, RetryPolicy
 from ._run import Run, StepResult
 from ._runstate import RunState
 from ._text import check_text
@@ -98,13 +99,15 @@ class _Handle:
         pause_after_err_count: int | None = None,
         concurrency: int | None = None,
         step_timeout: Duration | None = None,
+        retry: RetryPolicy | None = None,
     ) -> _Handle:
         """Set this process's options; each one given replaces a previous value, and one not
         given (``None``) keeps the workflow's default (``build(default_options=...)``), which
         falls back to the built-in default. ``None`` never means "off": an option that can be
         off is off at zero (``err_backoff=0``, ``pause_after_err_count=0``, ``lag=0``,
         ``step_timeout=0``). Durations are a ``timedelta`` or seconds. The README's options
-        table says what each one does.
+        table says what each one does. ``retry`` is this process's :class:`RetryPolicy`
+        (``err_backoff`` and ``pause_after_err_count`` are shorthands for a fixed-backoff one).
         """
         options = {
             "parallel_count": parallel_count,
@@ -115,6 +118,7 @@ class _Handle:
             "pause_after_err_count": pause_after_err_count,
             "concurrency": concurrency,
             "step_timeout": step_timeout,
+            "retry": retry,
         }
         for name in self._refused:
             if options.get(name) is not None:
@@ -126,6 +130,11 @@ class _Handle:
 
 class _TimeoutHandle(_Handle):
     _refused = ("parallel_count", "lag", "concurrency")
+
+
+class _ConnectorHandle(_Handle):
+    # A connector keeps its stream's order: a failing event is retried in place.
+    _refused = ("retry",)
 
 
 class Builder(Generic[T, S]):
@@ -243,7 +252,7 @@ class Builder(Generic[T, S]):
             raise ValueError(f"connector {name!r}: the constructor needs an async make(name)")
         self._callable(fn, "a connector function")
         cfg = self.connectors[name] = ConnectorConfig(constructor, fn)
-        return _Handle(cfg, f"connector {name!r}")
+        return _ConnectorHandle(cfg, f"connector {name!r}")
 
     def _hook(self, state: RunState, hook: Any) -> None:
         self._callable(hook, "a hook")
@@ -263,6 +272,29 @@ class Builder(Generic[T, S]):
 
     # -- build --------------------------------------------------------------------------
 
+    def _check_retry_targets(self, defaults: ProcessOptions) -> None:
+        """A policy's ``on_exhausted`` status must be a declared transition of its process."""
+        merged = defaults.over(DEFAULT_OPTIONS)
+        processes = [(s, "step", c.options) for s, c in self.steps.items()]
+        processes += [(s, "timeout", c.options) for s, c in self.timeouts.items()]
+        for status, what, own in processes:
+            target = retry_policy(own, merged).on_exhausted
+            if not isinstance(target, enum.IntEnum):
+                continue
+            assert self._status_type is not None
+            member = self._status_type(status)
+            if not isinstance(target, self._status_type):
+                raise ValueError(
+                    f"the retry policy of {what} {member!r} moves to {target!r} when its "
+                    f"attempts run out, which is not a {self._status_type.__name__}"
+                )
+            if not self.graph.allowed(status, int(target)):
+                raise ValueError(
+                    f"the retry policy of {what} {member!r} moves to {target!r} when its "
+                    f"attempts run out, but {member!r} -> {target!r} is not declared: add it "
+                    f"to the {what}'s destinations"
+                )
+
     def build(
         self,
         event_streamer: EventStreamer,
@@ -275,6 +307,7 @@ class Builder(Generic[T, S]):
         outbox: OutboxOptions | None = OutboxOptions(),  # noqa: B008 - immutable
         custom_delete: Callable[[T], T | Awaitable[T]] | None = None,
         pause_retry: timedelta | float | None = timedelta(hours=1),
+        pause_retry_for: Collection[PausedBy] = (PausedBy.RETRIES_EXHAUSTED, PausedBy.STEP),
         logger: logging.Logger | None = None,
         debug: bool = False,
         error_counter: Any = None,
@@ -322,6 +355,8 @@ class Builder(Generic[T, S]):
             default_options = make_options(**default_options)
         if custom_delete is not None:
             self._callable(custom_delete, "custom_delete")
+        resume_for = frozenset(PausedBy(p) for p in pause_retry_for)
+        self._check_retry_targets(default_options or ProcessOptions())
         retry = None if pause_retry is None else as_timedelta(pause_retry)
         if retry is not None and retry <= timedelta(0):
             raise ValueError("pause_retry must be positive, or None to disable it")
@@ -338,6 +373,7 @@ class Builder(Generic[T, S]):
             outbox=outbox,
             custom_delete=custom_delete,
             pause_retry=retry,
+            pause_retry_for=resume_for,
             logger=logger,
             debug=debug,
             metrics_registry=metrics_registry,

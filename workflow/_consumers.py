@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING, Any
 from ._adapters import BatchSender, EventSender, OutboxBulkDelete, RecordHistory
 from ._errors import (
     ConcurrentUpdateError,
-    NonRetryableError,
     RecordNotFoundError,
     WorkflowError,
     WorkflowInProgressError,
 )
-from ._options import ProcessOptions, timeout_seconds
+from ._options import ProcessOptions, retry_policy, timeout_seconds
 from ._options import resolved as _opt
 from ._process import Process, consume, event_foreign_id, event_time
 from ._record import (
@@ -31,8 +30,10 @@ from ._record import (
     run_state_change_topic,
     topic,
 )
+from ._retries import attempt, retry_process
+from ._retry import PausedBy, RetryPolicy
 from ._run import Run
-from ._runstate import RunState, can_move
+from ._runstate import RunState
 from ._usercode import call_user
 
 if TYPE_CHECKING:
@@ -41,17 +42,16 @@ if TYPE_CHECKING:
 __all__ = [
     "connector_processes",
     "delete_process",
-    "guarded",
     "hook_processes",
     "load_for_event",
     "outbox_process",
     "pause_retry_process",
+    "resumed",
     "schedule_process",
     "status_consumer",
     "step_processes",
 ]
 
-AUTO_PAUSE_REASON = "max error retry threshold hit - automatically paused"
 DELETED_OBJECT = b'{"result":"deleted"}'
 
 
@@ -71,8 +71,9 @@ def _role(wf: Engine[Any, Any], name: str) -> str:
 async def load_for_event(
     wf: Engine[Any, Any], proc: Process, event: Event, status: int
 ) -> Record | None:
-    """The run an event is about, or None (skipped) when the event is stale or the run is
-    stopped / elsewhere. Raises :class:`StaleRecordError` when the store lags the event."""
+    """The run an event is about, or None (skipped) when the event is stale, the run is
+    stopped or elsewhere, or its retry is scheduled (the retry process owns it then).
+    Raises :class:`StaleRecordError` when the store lags the event."""
     try:
         record = await wf.store.lookup(event.foreign_id)
     except RecordNotFoundError:
@@ -100,52 +101,10 @@ async def load_for_event(
     if record.status != status:
         proc.skip("record status not in expected state")
         return None
+    if record.meta.retry_at is not None:
+        proc.skip("retry scheduled")
+        return None
     return record
-
-
-async def guarded(
-    wf: Engine[Any, Any],
-    proc: Process,
-    record: Record,
-    work: Callable[[Run[Any, Any]], Awaitable[None]],
-    pause_after: int,
-) -> None:
-    """Run user work on a record. Errors count per (process, run); the run is paused after
-    ``pause_after`` consecutive errors or at once on :class:`NonRetryableError`; otherwise
-    the error propagates (the event is retried after the backoff). A success resets the count.
-    """
-    counter = wf.error_counter
-    try:
-        await work(wf.new_run(record))
-    except ConcurrentUpdateError:
-        counter.clear(proc.name, record.run_id)
-        proc.skip("record modified concurrently")
-    except Exception as err:
-        non_retryable = isinstance(err, NonRetryableError)
-        count = counter.add(proc.name, record.run_id)
-        ctx = {
-            "process": proc.name,
-            "foreign_id": record.foreign_id,
-            "run_id": record.run_id,
-            "status": wf.status_name(record.status),
-        }
-        if not non_retryable and (pause_after <= 0 or count < pause_after):
-            wf.log.error(f"error {count} of this run: {err!r}", exc=True, **ctx)
-            err.__dict__["_workflow_logged"] = True
-            raise
-        reason = (
-            str(err) if non_retryable else f"{AUTO_PAUSE_REASON} ({count} errors, last: {err!r})"
-        )
-        counter.clear(proc.name, record.run_id)
-        if can_move(record.run_state, RunState.PAUSED):
-            with contextlib.suppress(ConcurrentUpdateError):
-                await wf.write(
-                    wf.next_version(record, run_state=RunState.PAUSED, reason=reason),
-                    record.run_state,
-                )
-        wf.log.warning(f"paused run: {reason}", **ctx)
-    else:
-        counter.clear(proc.name, record.run_id)
 
 
 # -- steps -----------------------------------------------------------------------------
@@ -158,18 +117,19 @@ def status_consumer(
     role: str,
     opts: ProcessOptions,
     work: Callable[[Process, Run[Any, Any]], Awaitable[None]],
+    policy: RetryPolicy,
     *,
     shard: tuple[int, int] | None = None,
 ) -> Process:
-    """A consumer of a status topic: each event's run (if current and not stopped) is given
-    to ``work`` under :func:`guarded` (error counting, auto-pause)."""
-    pause_after = _opt(opts, "pause_after_err_count")
+    """A consumer of a status topic: each event's run (if current, not stopped and without
+    a scheduled retry) gets one attempt of ``work``; a failure schedules the run's retry
+    under ``policy`` and the consumer goes on (see ``_retries``)."""
 
     async def body(proc: Process) -> None:
         async def handle(event: Event) -> None:
             record = await load_for_event(wf, proc, event, status)
             if record is not None:
-                await guarded(wf, proc, record, lambda run: work(proc, run), pause_after)
+                await attempt(wf, proc, record, work, policy)
 
         receiver = await wf.streamer.new_receiver(
             topic(wf.name, status),
@@ -202,6 +162,7 @@ def _run_id(event: Event) -> str:
 def step_processes(wf: Engine[Any, Any]) -> Iterator[Process]:
     for status, cfg in wf.steps.items():
         opts = cfg.options.over(wf.defaults)
+        policy = retry_policy(cfg.options, wf.defaults)
         n = _opt(opts, "parallel_count")
         label = wf.status_type(status).name.lower()
 
@@ -215,6 +176,7 @@ def step_processes(wf: Engine[Any, Any]) -> Iterator[Process]:
 
             return work
 
+        handler = step(cfg.fn, timeout_seconds(opts))
         for i in range(1, n + 1):
             yield status_consumer(
                 wf,
@@ -222,9 +184,19 @@ def step_processes(wf: Engine[Any, Any]) -> Iterator[Process]:
                 f"{label}-consumer-{i}-of-{n}",
                 _role(wf, f"{status}-consumer-{i}-of-{n}"),
                 opts,
-                step(cfg.fn, timeout_seconds(opts)),
+                handler,
+                policy,
                 shard=(i - 1, n) if n > 1 else None,
             )
+        yield retry_process(
+            wf,
+            status,
+            f"{label}-retry-consumer",
+            _role(wf, f"{status}-retry-consumer"),
+            opts,
+            handler,
+            policy,
+        )
 
 
 # -- run-state-change consumers ----------------------------------------------------------
@@ -337,6 +309,15 @@ def delete_process(wf: Engine[Any, Any]) -> Process:
     return _event_consumer(wf, "delete-consumer", delete_topic(wf.name), handle)
 
 
+def resumed(wf: Engine[Any, Any], record: Record) -> Record:
+    """The running version after a paused ``record``. A run paused because its retry policy
+    gave up gets a fresh set of attempts."""
+    fresh = record.meta.paused_by in (PausedBy.RETRIES_EXHAUSTED, PausedBy.NON_RETRYABLE)
+    return wf.next_version(
+        record, run_state=RunState.RUNNING, reason="", attempt=1 if fresh else None
+    )
+
+
 def pause_retry_process(wf: Engine[Any, Any]) -> Process:
     retry = wf.pause_retry
     assert retry is not None
@@ -360,12 +341,14 @@ def pause_retry_process(wf: Engine[Any, Any]) -> Process:
         if record.run_state is not RunState.PAUSED or record.meta.version != version:
             proc.skip("record no longer paused at this version")
             return
+        by = record.meta.paused_by
+        if by and by not in wf.pause_retry_for:
+            proc.skip(f"paused by {by}: not resumed automatically")
+            return
         if record.updated_at + retry > clock.now():
             await clock.sleep_until(record.updated_at + retry)
         try:
-            await wf.write(
-                wf.next_version(record, run_state=RunState.RUNNING, reason=""), record.run_state
-            )
+            await wf.write(resumed(wf, record), record.run_state)
             wf.log.debug("resumed paused run", run_id=record.run_id, foreign_id=record.foreign_id)
         except ConcurrentUpdateError:
             proc.skip("record modified concurrently")

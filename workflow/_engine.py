@@ -12,10 +12,18 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ._adapters import EventStreamer, RecordStore, RoleScheduler, TimeoutStore
+from ._adapters import (
+    EventStreamer,
+    Filter,
+    RecordStore,
+    RoleScheduler,
+    StatusCounts,
+    TimeoutStore,
+)
 from ._clock import Clock, RealClock
 from ._cron import CronSchedule
 from ._errors import (
+    IdempotencyKeyUsedError,
     InvalidStatusError,
     InvalidTransitionError,
     RunStateError,
@@ -30,6 +38,7 @@ from ._objects import ObjectCodec
 from ._options import DEFAULT_OPTIONS, OutboxOptions, ProcessOptions
 from ._process import ErrorCounter, MemErrorCounter
 from ._record import Meta, Record
+from ._retry import PausedBy
 from ._run import SAVE_AND_REPEAT, SKIP, Run, RunStateChange
 from ._runstate import RunState, can_move
 from ._signals import signals_for
@@ -44,6 +53,10 @@ __all__ = ["Engine", "Schedule", "check_foreign_id", "run_state_error"]
 
 T = TypeVar("T")
 S = TypeVar("S", bound=enum.IntEnum)
+
+
+MAX_KEY = 255
+"""The longest idempotency key (stores index it)."""
 
 
 class Schedule:
@@ -77,6 +90,7 @@ class Engine(Generic[T, S]):
         outbox: OutboxOptions | None,
         custom_delete: Callable[..., Any] | None,
         pause_retry: timedelta | None,
+        pause_retry_for: frozenset[PausedBy],
         logger: Any,
         debug: bool,
         metrics_registry: CollectorRegistry | None = None,
@@ -114,6 +128,9 @@ class Engine(Generic[T, S]):
         self.error_counter: ErrorCounter = error_counter or MemErrorCounter()
         # Set while the workflow stops: consumers take no further event.
         self.stopping = False
+        # The due times of retries this process scheduled, per status (see _retries).
+        self.retry_due: dict[int, Any] = {}
+        self.pause_retry_for: frozenset[PausedBy] = pause_retry_for
         # The public ``Workflow`` this engine serves (handed to connector functions).
         self.api: Any = None
 
@@ -192,6 +209,21 @@ class Engine(Generic[T, S]):
         counter.inc()
         self.signals.stored(record)
 
+    async def write_after(self, old: Record, new: Record) -> None:
+        """Store ``new``, the version after ``old``; when the run leaves ``old``'s status (or
+        finishes), its timers at that status are removed."""
+        await self.write(new, old.run_state)
+        if old.status in self.timeouts and self.timeout_store is not None:
+            if new.status != old.status or new.run_state.finished:
+                try:
+                    await self.timeout_store.cancel_run(self.name, old.run_id, old.status)
+                except Exception as err:  # the timer is discarded when it fires anyway
+                    self.log.warning(
+                        f"could not remove the timers of a run that left its status: {err!r}",
+                        run_id=old.run_id,
+                        status=self.status_name(old.status),
+                    )
+
     def next_version(
         self,
         record: Record,
@@ -200,9 +232,16 @@ class Engine(Generic[T, S]):
         status: int | None = None,
         obj: bytes | None = None,
         reason: str | None = None,
+        attempt: int | None = None,
+        retry_at: datetime | None = None,
+        paused_by: str = "",
     ) -> Record:
+        """The version after ``record``. A new status starts at attempt 1; every write but a
+        scheduled retry's clears ``retry_at``; ``paused_by`` is kept only while paused."""
         st = record.status if status is None else status
         meta = record.meta
+        if attempt is None:
+            attempt = meta.attempt if st == record.status else 1
         return Record(
             workflow_name=record.workflow_name,
             foreign_id=record.foreign_id,
@@ -217,6 +256,10 @@ class Engine(Generic[T, S]):
                 status_description=self.status_name(st),
                 version=meta.version + 1,
                 trace_origin=meta.trace_origin,
+                attempt=attempt,
+                retry_at=retry_at,
+                paused_by=paused_by if run_state is RunState.PAUSED else "",
+                idempotency_key=meta.idempotency_key,
             ),
         )
 
@@ -229,9 +272,13 @@ class Engine(Generic[T, S]):
                 f"cannot move run {record.run_id} from {record.run_state} to {target}"
             )
         new = self.next_version(
-            record, run_state=target, obj=self.encode(run.object), reason=reason
+            record,
+            run_state=target,
+            obj=self.encode(run.object),
+            reason=reason,
+            paused_by=PausedBy.STEP,
         )
-        await self.write(new, record.run_state)
+        await self.write_after(record, new)
 
     async def apply(self, record: Record, run: Run[T, S], result: Any) -> bool:
         """Store what a step / callback / timeout returned. True when something was written.
@@ -266,9 +313,9 @@ class Engine(Generic[T, S]):
             terminal = self.graph.is_terminal(status)
             run_state = RunState.COMPLETED if terminal else RunState.RUNNING
         new = self.next_version(
-            record, run_state=run_state, status=status, obj=self.encode(run.object)
+            record, run_state=run_state, status=status, obj=self.encode(run.object), attempt=1
         )
-        await self.write(new, record.run_state)
+        await self.write_after(record, new)
         return True
 
     def names(self, statuses: list[int]) -> list[str]:
@@ -280,9 +327,18 @@ class Engine(Generic[T, S]):
         start_at: S | None = None,
         initial_value: T | None = None,
         trace_origin: str = "",
+        idempotency_key: str | None = None,
     ) -> str:
         """Create a run (see ``Workflow.trigger``) and return its id."""
         check_foreign_id(foreign_id)
+        if idempotency_key is not None:
+            if not isinstance(idempotency_key, str) or not idempotency_key:
+                raise ValueError(
+                    f"idempotency_key must be a non-empty str or None, got {idempotency_key!r}"
+                )
+            check_text(idempotency_key, "idempotency_key")
+            if len(idempotency_key) > MAX_KEY:
+                raise ValueError(f"idempotency_key is longer than {MAX_KEY} characters")
         start = self.default_start if start_at is None else self.status(start_at, "start_at")
         if self.graph.is_terminal(int(start)):
             raise InvalidStatusError(
@@ -300,8 +356,43 @@ class Engine(Generic[T, S]):
         else:
             initial = self.codec.validate(initial_value)
         record = self.new_record(foreign_id, start, initial, trace_origin)
-        await self.write(record, RunState.UNKNOWN)
+        if idempotency_key is not None:
+            record = dataclasses.replace(
+                record, meta=dataclasses.replace(record.meta, idempotency_key=idempotency_key)
+            )
+        try:
+            await self.write(record, RunState.UNKNOWN)
+        except IdempotencyKeyUsedError as used:
+            return used.run_id
         return record.run_id
+
+    async def report_stranded(self) -> dict[int, int]:
+        """Log, and export as ``workflow_stranded_runs``, the unfinished runs parked at
+        statuses the graph no longer has (a changed workflow). Returns them by status."""
+        store = self.store
+        if isinstance(store, StatusCounts):
+            counts = await store.unfinished_by_status(self.name)
+        else:
+            counts = {}
+            offset, page = 0, 500
+            unfinished = Filter.by_run_state(RunState.INITIATED, RunState.RUNNING, RunState.PAUSED)
+            while True:
+                batch = await store.list(self.name, offset, page, "asc", unfinished)
+                for r in batch:
+                    counts[r.status] = counts.get(r.status, 0) + 1
+                if len(batch) < page:
+                    break
+                offset += page
+        stranded = {s: n for s, n in counts.items() if not self.graph.is_node(s)}
+        for status, n in sorted(stranded.items()):
+            self.metrics.stranded_runs.labels(self.name, self.status_name(status)).set(n)
+            self.log.warning(
+                f"{n} unfinished run(s) at status {self.status_name(status)}, which the "
+                "workflow no longer has: move them with wf.move(run_id, status, reason) or "
+                "cancel them",
+                status=status,
+            )
+        return stranded
 
     def new_record(self, foreign_id: str, start: S, initial: Any, trace_origin: str) -> Record:
         """The first version of a new run (not yet stored)."""

@@ -5,6 +5,7 @@ Every error the engine raises on purpose derives from :class:`WorkflowError`::
     WorkflowError
     ├── RecordNotFoundError          no run with that id / foreign id
     ├── WorkflowInProgressError      the foreign id already has an unfinished run
+    ├── IdempotencyKeyUsedError      (from stores) a run already has the trigger's key
     ├── InvalidTransitionError       a status move that the graph does not declare
     ├── InvalidStatusError           (also a ValueError) a status argument the workflow refuses
     ├── UnstorableObjectError        (also a ValueError) an object JSON cannot carry faithfully
@@ -17,7 +18,7 @@ Every error the engine raises on purpose derives from :class:`WorkflowError`::
     ├── RunFinishedError             await_ on a run that finished at another status
     ├── StepInterruptedError         user code raised a BaseException that is not an Exception
     ├── StepTimeoutError             user code ran longer than its step_timeout
-    └── NonRetryableError            raised by user code: pause the run at once
+    └── NonRetryableError            raised by user code: give up at once (no retry)
 
 Malformed arguments raise :class:`ValueError` (pydantic's ``ValidationError`` is one).
 Each message says what happened and what to do next.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConcurrentUpdateError",
+    "IdempotencyKeyUsedError",
     "InvalidStatusError",
     "InvalidTransitionError",
     "NonRetryableError",
@@ -146,8 +148,20 @@ class StepTimeoutError(WorkflowError):
 
 
 class NonRetryableError(WorkflowError):
-    """Raise from a step, timeout or timer function to pause the run at once.
+    """Raise from a step, timeout or timer function to give up at once: no retry, the retry
+    policy's ``on_exhausted`` applies (by default the run is paused, ``paused_by``
+    "non-retryable").
 
     The error message becomes the run's ``meta.run_state_reason``. Fix the cause, then
     ``await wf.resume(run_id)``.
     """
+
+
+class IdempotencyKeyUsedError(WorkflowError):
+    """Raised by a record store for a new run whose idempotency key a run of the same
+    workflow already has; ``run_id`` is that run. ``trigger`` returns it instead: users see
+    this error only when they call a store directly."""
+
+    def __init__(self, message: str, run_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id

@@ -52,6 +52,31 @@ class Metrics:
             (*_PROCESS, "reason"),
             registry=registry,
         )
+        self.retries_scheduled = Counter(
+            "workflow_retries_scheduled",
+            "Failed attempts whose retry was scheduled for the run alone",
+            _PROCESS,
+            registry=registry,
+        )
+        self.retry_attempts = Counter(
+            "workflow_retry_attempts",
+            "Attempts after the first (retries run when due), by whether they succeeded",
+            (*_PROCESS, "outcome"),
+            registry=registry,
+        )
+        self.retries_exhausted = Counter(
+            "workflow_retries_exhausted",
+            "Runs whose retry policy gave up (attempts ran out or a non-retryable error), "
+            "by what was done (pause, cancel, or the status moved to)",
+            (*_PROCESS, "action"),
+            registry=registry,
+        )
+        self.stranded_runs = Gauge(
+            "workflow_stranded_runs",
+            "Unfinished runs at a status the workflow's graph no longer has (found at start)",
+            ("workflow_name", "status"),
+            registry=registry,
+        )
         self.run_state_changes = Counter(
             "workflow_run_state_changes",
             "The number of workflow run state changes going from state to a new state",

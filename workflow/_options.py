@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from ._clock import as_timedelta
+from ._retry import RetryPolicy, shorthand_policy
 
 __all__ = [
     "DEFAULT_OPTIONS",
@@ -14,6 +15,7 @@ __all__ = [
     "ProcessOptions",
     "make_options",
     "resolved",
+    "retry_policy",
     "timeout_seconds",
 ]
 
@@ -34,6 +36,7 @@ class ProcessOptions:
     pause_after_err_count: int | None = None
     concurrency: int | None = None
     step_timeout: timedelta | None = None
+    retry: RetryPolicy | None = None
 
     def over(self, base: ProcessOptions) -> ProcessOptions:
         """These options with every unset field taken from ``base``."""
@@ -69,7 +72,7 @@ def make_options(**options: Any) -> ProcessOptions:
     When ``lag`` is given without ``lag_alert``, the alert threshold becomes
     ``30 min + lag`` (as in luno), so a deliberately lagged consumer does not alert.
     """
-    known = set(_DURATIONS) | set(_COUNTS)
+    known = set(_DURATIONS) | set(_COUNTS) | {"retry"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise TypeError(f"unknown option(s) {unknown}; valid options are {sorted(known)}")
@@ -88,10 +91,31 @@ def make_options(**options: Any) -> ProcessOptions:
             if name in ("parallel_count", "concurrency") and v < 1:
                 raise ValueError(f"{name} must be at least 1")
             values[name] = v
+    retry = options.get("retry")
+    if retry is not None:
+        if not isinstance(retry, RetryPolicy):
+            raise ValueError(f"retry must be a RetryPolicy, got {retry!r}")
+        values["retry"] = retry
     if "lag" in values and "lag_alert" not in values and values["lag"] > timedelta(0):
         assert DEFAULT_OPTIONS.lag_alert is not None
         values["lag_alert"] = DEFAULT_OPTIONS.lag_alert + values["lag"]
     return ProcessOptions(**values)
+
+
+def retry_policy(own: ProcessOptions, defaults: ProcessOptions) -> RetryPolicy:
+    """The retry policy of a process whose own options are ``own``, under the workflow's
+    ``defaults`` (already merged over the built-in ones). The most specific setting wins: the
+    process's ``retry``, then its ``err_backoff`` / ``pause_after_err_count`` shorthands, then
+    the workflow's ``retry``, then the workflow's shorthands (luno's behaviour by default)."""
+    if own.retry is not None:
+        return own.retry
+    merged = own.over(defaults)
+    shorthand = shorthand_policy(
+        resolved(merged, "err_backoff"), resolved(merged, "pause_after_err_count")
+    )
+    if own.err_backoff is not None or own.pause_after_err_count is not None:
+        return shorthand
+    return defaults.retry if defaults.retry is not None else shorthand
 
 
 def timeout_seconds(options: ProcessOptions) -> float | None:

@@ -46,12 +46,23 @@ class Header:
 
 @dataclass(frozen=True, slots=True)
 class Meta:
-    """Bookkeeping stored beside a run. ``version`` starts at 1 and grows by one per write."""
+    """Bookkeeping stored beside a run. ``version`` starts at 1 and grows by one per write.
+
+    ``attempt`` is the try of the current status visit that runs next (1 on arrival; a
+    failed try stores the next number) and ``retry_at`` the time that retry is due (``None``
+    when none is scheduled). ``paused_by`` says why a paused run is paused (a
+    :class:`~workflow.PausedBy` value, empty otherwise). ``idempotency_key`` is the key the
+    run was triggered with, if any.
+    """
 
     run_state_reason: str = ""
     status_description: str = ""
     version: int = 0
     trace_origin: str = ""
+    attempt: int = 1
+    retry_at: datetime | None = None
+    paused_by: str = ""
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

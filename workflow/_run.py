@@ -73,12 +73,14 @@ class Run(TypedRecord[T, S]):
     paused, resumed, cancelled and have its data deleted.
     """
 
-    __slots__ = ("_controller", "_state_changed")
+    __slots__ = ("_controller", "_state_changed", "attempt")
 
     def __init__(self, record: Record, status: S, obj: T, controller: Controller) -> None:
         super().__init__(record, status, obj)
         self._controller = controller
         self._state_changed = False
+        self.attempt: int = record.meta.attempt
+        """The try of this status visit: 1 the first time, 2 on the first retry, and so on."""
 
     def skip(self) -> Directive:
         """Store nothing and move on to the next event."""

@@ -4,19 +4,19 @@ poller that fires them. Each timer is paired with the ``add_timeout`` call that 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ._consumers import guarded, status_consumer
-from ._errors import RecordNotFoundError
-from ._options import ProcessOptions, timeout_seconds
+from ._adapters import RecordHistory
+from ._consumers import StaleRecordError
+from ._errors import ConcurrentUpdateError, NonRetryableError, RecordNotFoundError
+from ._options import ProcessOptions, retry_policy, timeout_seconds
 from ._options import resolved as _opt
-from ._process import Process
-from ._record import TimeoutRecord
-from ._run import Run
+from ._process import Process, consume, event_time
+from ._record import Event, Header, Record, TimeoutRecord, topic
+from ._retries import give_up, sleep_or_wake
+from ._retry import RetryPolicy
 from ._usercode import call_user
 
 if TYPE_CHECKING:
@@ -31,55 +31,147 @@ def timeout_processes(wf: Engine[Any, Any]) -> Iterator[Process]:
         return
     for status, cfg in wf.timeouts.items():
         opts = cfg.options.over(wf.defaults)
+        policy = retry_policy(cfg.options, wf.defaults)
         label = wf.status_type(status).name.lower()
-        yield _inserter(wf, status, cfg, opts, f"{label}-timeout-auto-inserter-consumer")
-        yield _poller(wf, status, cfg, opts, f"{label}-timeout-consumer")
+        yield _inserter(wf, status, cfg, opts, policy, f"{label}-timeout-auto-inserter-consumer")
+        yield _poller(wf, status, cfg, opts, policy, f"{label}-timeout-consumer")
 
 
 def _role(wf: Engine[Any, Any], status: int, suffix: str) -> str:
     return f"{wf.name.replace(' ', '_')}-{status}-{suffix}"
 
 
+async def _entry(wf: Engine[Any, Any], proc: Process, event: Event, status: int) -> Record | None:
+    """The run, when ``event`` announced its arrival at ``status`` and it is still there
+    (not stopped), else None. The arrival is the event's version, or an earlier version of
+    a run whose later versions (same status) only scheduled retries: each of those adds one
+    to both the version and ``meta.attempt``. Raises :class:`StaleRecordError` when the
+    store lags the event."""
+    try:
+        record = await wf.store.lookup(event.foreign_id)
+    except RecordNotFoundError:
+        proc.skip("record not found")
+        return None
+    version = int(event.headers.get(Header.RECORD_VERSION) or 0)
+    if record.meta.version < version:
+        raise StaleRecordError(
+            f"stale record lookup: run {record.run_id} is at version {record.meta.version} "
+            f"but the event is for version {version}"
+        )
+    if record.status != status or record.run_state.stopped:
+        proc.skip("record not at the status any more")
+        return None
+    if record.meta.version - (record.meta.attempt - 1) != version:
+        proc.skip("not the run's arrival at the status")
+        return None
+    return record
+
+
+async def _entered_at(wf: Engine[Any, Any], record: Record, version: int) -> datetime:
+    """When the run arrived at its status: the time of version ``version`` (the record's own
+    when it is that version, else from the store's history; the record's time without one)."""
+    if record.meta.version != version and isinstance(wf.store, RecordHistory):
+        for r in await wf.store.history(record.run_id):
+            if r.meta.version == version:
+                return r.updated_at
+    return record.updated_at
+
+
 def _inserter(
-    wf: Engine[Any, Any], status: int, cfg: TimeoutConfig, opts: ProcessOptions, name: str
+    wf: Engine[Any, Any],
+    status: int,
+    cfg: TimeoutConfig,
+    opts: ProcessOptions,
+    policy: RetryPolicy,
+    name: str,
 ) -> Process:
+    """Arms a run's timers when it arrives at the status. Each timer function gets the time
+    of arrival, so a lagging consumer does not lengthen a wait. A failing timer function is
+    retried in place after ``err_backoff`` until the policy gives up."""
     store = wf.timeout_store
     assert store is not None
     signal = wf.signals.timeout_event(wf.name)
+    role = _role(wf, status, "timeout-auto-inserter-consumer")
+    limit = timeout_seconds(opts)
 
-    async def arm(proc: Process, run: Run[Any, Any]) -> None:
-        now = wf.clock.now()
-        for index, (timer_fn, _) in enumerate(cfg.pairs):
-            expire_at = await call_user(timer_fn, run, now, timeout=timeout_seconds(opts))
-            if expire_at is None:
-                continue
-            if not isinstance(expire_at, datetime) or expire_at.tzinfo is None:
-                raise ValueError(
-                    f"timer {index} of {wf.status_type(status).name} returned {expire_at!r};"
-                    " return a timezone-aware datetime or None"
-                )
+    async def arm(proc: Process, event: Event) -> None:
+        record = await _entry(wf, proc, event, status)
+        if record is None:
+            return
+        run = wf.new_run(record)
+        entered = await _entered_at(wf, record, int(event.headers.get(Header.RECORD_VERSION) or 0))
+        expiries: list[tuple[int, datetime]] = []
+        try:
+            for index, (timer_fn, _) in enumerate(cfg.pairs):
+                expire_at = await call_user(timer_fn, run, entered, timeout=limit)
+                if expire_at is None:
+                    continue
+                if not isinstance(expire_at, datetime) or expire_at.tzinfo is None:
+                    raise ValueError(
+                        f"timer {index} of {wf.status_type(status).name} returned "
+                        f"{expire_at!r}; return a timezone-aware datetime or None"
+                    )
+                expiries.append((index, expire_at))
+        except Exception as err:
+            # Retried in place (the timers are not armed yet); the error counter counts the
+            # attempts, and the policy gives up as for a step.
+            n = wf.error_counter.add(proc.name, record.run_id)
+            non_retryable = isinstance(err, NonRetryableError) or policy.gives_up_on(err)
+            if not non_retryable and not policy.exhausted(n):
+                raise
+            wf.error_counter.clear(proc.name, record.run_id)
+            proc.errors.inc()
+            ctx = {"process": proc.name, "run_id": record.run_id, "attempt": n}
+            await give_up(wf, proc, record, err, policy, non_retryable, ctx)
+            return
+        wf.error_counter.clear(proc.name, record.run_id)
+        for index, expire_at in expiries:
             await store.create(wf.name, run.foreign_id, run.run_id, status, expire_at, index=index)
         signal.set()
         wf.signals.notify(f"armed:{wf.name}")
 
-    role = _role(wf, status, "timeout-auto-inserter-consumer")
-    return status_consumer(wf, status, name, role, opts, arm)
+    async def body(proc: Process) -> None:
+        receiver = await wf.streamer.new_receiver(
+            topic(wf.name, status),
+            role,
+            poll_frequency=_opt(opts, "polling_frequency").total_seconds(),
+        )
+        try:
+            await consume(
+                proc,
+                receiver.recv,
+                lambda event: arm(proc, event),
+                created_at=event_time,
+                lag_alert=_opt(opts, "lag_alert"),
+            )
+        finally:
+            await receiver.close()
+
+    return Process(wf, name, role, body, _opt(opts, "err_backoff"))
 
 
 def _poller(
-    wf: Engine[Any, Any], status: int, cfg: TimeoutConfig, opts: ProcessOptions, name: str
+    wf: Engine[Any, Any],
+    status: int,
+    cfg: TimeoutConfig,
+    opts: ProcessOptions,
+    policy: RetryPolicy,
+    name: str,
 ) -> Process:
+    """Fires expired timers. A failing timeout function is retried under ``policy`` for
+    that timer alone (the timer stays stored, so a restart tries it again from attempt 1);
+    when the policy gives up, its ``on_exhausted`` applies to the run."""
     store = wf.timeout_store
     assert store is not None
     clock = wf.clock
     role = _role(wf, status, "timeout-consumer")
-    pause_after = _opt(opts, "pause_after_err_count")
     limit = timeout_seconds(opts)
-    backoff = _opt(opts, "err_backoff")
     poll = _opt(opts, "polling_frequency").total_seconds()
     signal = wf.signals.timeout_event(wf.name)
 
-    async def fire(proc: Process, timeout: TimeoutRecord, failed: dict[int, datetime]) -> None:
+    async def fire(
+        proc: Process, timeout: TimeoutRecord, failed: dict[int, tuple[datetime, int]]
+    ) -> None:
         """Fire one expired timer. Leaves it for later when the run is paused."""
         try:
             record = await wf.store.lookup(timeout.run_id)
@@ -96,36 +188,47 @@ def _poller(
             await store.cancel(timeout.id)
             return
         _, timeout_fn = cfg.pairs[timeout.index]
-        outcome: list[bool] = []
-
-        async def work(run: Run[Any, Any]) -> None:
+        n = failed[timeout.id][1] if timeout.id in failed else 1
+        run = wf.new_run(record)
+        run.attempt = n
+        try:
             result = await call_user(timeout_fn, run, clock.now(), timeout=limit)
             if not await wf.apply(record, run, result):
                 proc.skip("next value specified skip")
-            outcome.append(True)
-
-        try:
-            await guarded(wf, proc, record, work, pause_after)
-        except Exception:
-            proc.errors.inc()  # logged with the run's context by guarded()
-            failed[timeout.id] = clock.now() + backoff
-            return
-        # Fired (moved, skipped, or the run was paused for its errors): done with this timer.
-        if outcome or (await wf.store.lookup(record.run_id)).meta.version != record.meta.version:
-            await store.complete(timeout.id)
+        except ConcurrentUpdateError:
+            proc.skip("record modified concurrently")
+        except Exception as err:
+            proc.errors.inc()
+            ctx = {
+                "process": proc.name,
+                "foreign_id": record.foreign_id,
+                "run_id": record.run_id,
+                "status": wf.status_name(record.status),
+                "attempt": n,
+            }
+            non_retryable = isinstance(err, NonRetryableError) or policy.gives_up_on(err)
+            if not non_retryable and not policy.exhausted(n):
+                due = clock.now() + policy.backoff(n)
+                failed[timeout.id] = (due, n + 1)
+                wf.log.error(f"timeout attempt {n} failed: {err!r}", exc=True, **ctx)
+                return
+            failed.pop(timeout.id, None)
+            await give_up(wf, proc, record, err, policy, non_retryable, ctx)
+        failed.pop(timeout.id, None)
+        # Fired (moved, skipped, or given up on): done with this timer.
+        await store.complete(timeout.id)
 
     async def body(proc: Process) -> None:
-        failed: dict[int, datetime] = {}
+        failed: dict[int, tuple[datetime, int]] = {}
         while not proc.stopping:
             signal.clear()
             now = clock.now()
             proc.busy = True
             try:
                 for t in await store.list_valid(wf.name, status, now):
-                    retry_at = failed.get(t.id)
-                    if retry_at is not None and retry_at > now:
+                    retry = failed.get(t.id)
+                    if retry is not None and retry[0] > now:
                         continue
-                    failed.pop(t.id, None)
                     await fire(proc, t, failed)
                     if proc.stopping:
                         return
@@ -133,22 +236,8 @@ def _poller(
                 proc.busy = False
             pending = [t for t in await store.list(wf.name) if t.status == status]
             now = clock.now()
-            wake = [failed.get(t.id, t.expire_at) for t in pending]
+            wake = [failed[t.id][0] if t.id in failed else t.expire_at for t in pending]
             future = [w for w in wake if w > now]
-            await _sleep(clock.sleep_until(min(future)) if future else None, signal, poll)
+            await sleep_or_wake(clock.sleep_until(min(future)) if future else None, signal, poll)
 
-    return Process(wf, name, role, body, backoff)
-
-
-async def _sleep(timer: Any, signal: asyncio.Event, poll: float) -> None:
-    """Wait for the clock deadline, a local new-timer signal, or the polling fallback."""
-    waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(signal.wait())}
-    if timer is not None:
-        waits.add(asyncio.ensure_future(timer))
-    try:
-        await asyncio.wait(waits, timeout=poll, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*waits, return_exceptions=True)
+    return Process(wf, name, role, body, _opt(opts, "err_backoff"))

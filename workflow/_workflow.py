@@ -23,14 +23,20 @@ from ._adapters import (
     TimeoutStore,
 )
 from ._clock import Clock
-from ._consumers import schedule_process
+from ._consumers import resumed, schedule_process
 from ._cron import parse_schedule
 from ._engine import Engine, Schedule, check_foreign_id, run_state_error
-from ._errors import ConcurrentUpdateError, RecordNotFoundError, RunFinishedError
+from ._errors import (
+    ConcurrentUpdateError,
+    RecordNotFoundError,
+    RunFinishedError,
+    RunStateError,
+)
 from ._options import OutboxOptions, ProcessOptions
 from ._process import ErrorCounter, Process, inside
 from ._processes import build_processes
 from ._record import Record
+from ._retry import PausedBy
 from ._run import Run
 from ._runstate import RunState, State, can_move
 from ._text import check_text
@@ -80,6 +86,7 @@ class Workflow(Generic[T, S]):
         outbox: OutboxOptions | None,
         custom_delete: Callable[..., Any] | None,
         pause_retry: timedelta | None,
+        pause_retry_for: frozenset[PausedBy],
         logger: Any,
         debug: bool,
         metrics_registry: CollectorRegistry | None = None,
@@ -98,6 +105,7 @@ class Workflow(Generic[T, S]):
             outbox=outbox,
             custom_delete=custom_delete,
             pause_retry=pause_retry,
+            pause_retry_for=pause_retry_for,
             logger=logger,
             debug=debug,
             metrics_registry=metrics_registry,
@@ -133,6 +141,10 @@ class Workflow(Generic[T, S]):
             self._running = True
             for p in self._processes.values():
                 p.start()
+            try:
+                await self._engine.report_stranded()
+            except Exception as err:  # a report, not a reason to refuse to start
+                self._engine.log.warning(f"could not look for stranded runs: {err!r}")
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop every process: events in hand get up to ``grace`` seconds, then are cancelled
@@ -184,12 +196,26 @@ class Workflow(Generic[T, S]):
     # -- runs ---------------------------------------------------------------------------
 
     async def trigger(
-        self, foreign_id: str, start_at: S | None = None, *, initial_value: T | None = None
+        self,
+        foreign_id: str,
+        start_at: S | None = None,
+        *,
+        initial_value: T | None = None,
+        idempotency_key: str | None = None,
     ) -> str:
         """Create a run and return its id. Raises :class:`WorkflowInProgressError` while the
-        foreign id's latest run is unfinished."""
+        foreign id's latest run is unfinished.
+
+        With ``idempotency_key``, a second trigger with the same key (for this workflow)
+        creates nothing and returns the first run's id, whatever that run's state (finished
+        too), atomically in the record store: a retried request starts one run. Keys are kept
+        as long as the run's record."""
         return await self._engine.trigger(
-            foreign_id, start_at, initial_value, trace_origin=_trace_origin()
+            foreign_id,
+            start_at,
+            initial_value,
+            trace_origin=_trace_origin(),
+            idempotency_key=idempotency_key,
         )
 
     async def await_(
@@ -322,11 +348,14 @@ class Workflow(Generic[T, S]):
                 allowed = record.run_state is RunState.PAUSED
             if not allowed:
                 raise err(f"cannot {verb} run {run_id}: it is {record.run_state}")
-            try:
-                await self._engine.write(
-                    self._engine.next_version(record, run_state=target, reason=reason),
-                    record.run_state,
+            if target is RunState.RUNNING:
+                new = resumed(self._engine, record)
+            else:
+                new = self._engine.next_version(
+                    record, run_state=target, reason=reason, paused_by=PausedBy.OPERATOR
                 )
+            try:
+                await self._engine.write_after(record, new)
                 return
             except ConcurrentUpdateError:
                 continue
@@ -345,6 +374,45 @@ class Workflow(Generic[T, S]):
 
     async def delete_data(self, run_id: str, reason: str = "") -> None:
         await self._control(run_id, RunState.REQUESTED_DATA_DELETED, reason, "delete the data of")
+
+    async def move(self, run_id: str, status: S, reason: str) -> Run[T, S]:
+        """Move an unfinished run to ``status`` (any status of the graph, declared transition
+        or not): the operator's way out for a run parked at a status a changed workflow no
+        longer has. A compare-and-set on the version read here (:class:`ConcurrentUpdateError`
+        if the run changed meanwhile: look again, then retry); ``reason`` is stored with the
+        new version, so the history says who moved it and why. A paused run stays paused;
+        a terminal ``status`` completes the run. Returns the moved run."""
+        eng = self._engine
+        target = eng.status(status)
+        check_text(reason, "reason")
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError("move() needs a reason: it is kept in the run's history")
+        record = await self._own(await eng.store.lookup(run_id))
+        if record.run_state.finished:
+            raise RunStateError(
+                f"cannot move run {run_id}: it is {record.run_state} (finished runs stay put)"
+            )
+        if record.run_state is RunState.PAUSED:
+            state = RunState.PAUSED
+        elif eng.graph.is_terminal(int(target)):
+            state = RunState.COMPLETED
+        else:
+            state = RunState.RUNNING
+        new = eng.next_version(
+            record,
+            run_state=state,
+            status=int(target),
+            reason=f"moved from {eng.status_name(record.status)}: {reason}",
+            attempt=1,
+            paused_by=record.meta.paused_by,
+        )
+        await eng.write_after(record, new)
+        eng.log.info(
+            f"moved run from {eng.status_name(record.status)} to {target.name}: {reason}",
+            run_id=run_id,
+            foreign_id=record.foreign_id,
+        )
+        return eng.new_run(new)
 
     # -- reads --------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ and :class:`EventReceiver`), :class:`RoleScheduler` (with :class:`Lease`),
 :class:`TimeoutStore`, :class:`ConnectorConstructor` (with :class:`ConnectorConsumer`).
 
 Optional capabilities (``isinstance`` checks, so a method of that name is all it takes):
-:class:`RecordHistory`, :class:`RunVersions`, :class:`OutboxBulkDelete` and
+:class:`RecordHistory`, :class:`RunVersions`, :class:`StatusCounts`, :class:`OutboxBulkDelete` and
 :class:`DirectPublisher` for record stores; :class:`BatchSender` for event senders.
 """
 
@@ -34,6 +34,7 @@ from ._adapters import (
     RecordStore,
     RoleScheduler,
     RunVersions,
+    StatusCounts,
     TimeoutStore,
     matches,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "RoleScheduler",
     "RunState",
     "RunVersions",
+    "StatusCounts",
     "TimeoutRecord",
     "TimeoutStore",
     "as_timedelta",
