@@ -15,6 +15,8 @@ Parts, in order (each writes its own ``##`` section of bench/RESULTS.md):
 - ``peers``: ``bench.peers`` (DBOS beside this engine);
 - ``procs``: ``bench.procs`` (1 and 2 worker processes, 3 and 10 steps, on SQLite, PostgreSQL
   and Kafka + PostgreSQL);
+- ``isolation``: ``bench.isolation`` (healthy-run latency with and without one always-failing
+  run at the same status, on memory, SQLite and PostgreSQL);
 - ``awaiters``: ``bench.awaiters`` (fresh-run latency with 0, 1,000 and 10,000 pending
   ``await_`` calls, and a gather of 2,000 of them, on SQLite and PostgreSQL).
 
@@ -75,6 +77,7 @@ ARGS: dict[str, tuple[list[str], list[str]]] = {
     "peers": ([], ["--quick"]),
     "procs": ([], ["--quick", "--backends", "postgres"]),
     "awaiters": ([], ["--quick"]),
+    "isolation": ([], ["--quick"]),
 }
 NEEDS = {"kafka": ("WORKFLOW_TEST_KAFKA_BOOTSTRAP", "WORKFLOW_TEST_POSTGRES_URL")}
 
@@ -239,6 +242,7 @@ PARTS: dict[str, Callable[[list[str]], int]] = {
     "peers": _subprocess("bench.peers"),
     "procs": _subprocess("bench.procs"),
     "awaiters": _subprocess("bench.awaiters"),
+    "isolation": _subprocess("bench.isolation"),
 }
 
 

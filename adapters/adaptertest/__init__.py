@@ -34,7 +34,8 @@ from __future__ import annotations
 
 from ._connector import ConnectorMaker, run_connector_test
 from ._roles import RoleSchedulerFactory, run_role_scheduler_test
-from ._store import RecordStoreFactory, run_record_store_test
+from ._store import RecordStoreFactory
+from ._store_retries import run_record_store_test
 from ._streamer import EventStreamerFactory, run_event_streamer_test
 from ._timeouts import TimeoutStoreFactory, run_timeout_store_test
 

@@ -129,6 +129,26 @@ async def _cancel_absent(factory: TimeoutStoreFactory) -> None:
     check(await store.list_valid(WF, 1, NOW) == [], "list_valid returned a completed timer")
 
 
+async def _cancel_run(factory: TimeoutStoreFactory) -> None:
+    store = await resolve(factory())
+    gone = [
+        await store.create(WF, "andrew", "run-1", 2, NOW, index=0),
+        await store.create(WF, "andrew", "run-1", 2, NOW, index=1),
+    ]
+    kept = [
+        await store.create(WF, "andrew", "run-1", 3, NOW),  # another status
+        await store.create(WF, "other", "run-2", 2, NOW),  # another run
+        await store.create("other", "andrew", "run-1", 2, NOW),  # another workflow
+    ]
+    await store.cancel_run(WF, "run-1", 2)
+    await store.cancel_run(WF, "run-1", 2)  # idempotent
+    left = {t.id for t in await store.list(WF)} | {t.id for t in await store.list("other")}
+    check(
+        left == set(kept) and not left & set(gone),
+        f"cancel_run(run-1, status 2) left timers {sorted(left)}; want {sorted(kept)}",
+    )
+
+
 async def run_timeout_store_test(factory: TimeoutStoreFactory) -> None:
     """Check a :class:`~workflow.TimeoutStore`: create, complete, cancel, list and
     ``list_valid`` (a timer is due once ``expire_at <= now``)."""
@@ -139,5 +159,6 @@ async def run_timeout_store_test(factory: TimeoutStoreFactory) -> None:
             ("list in creation order", lambda: _list(factory)),
             ("list_valid selects due timers", lambda: _list_valid(factory)),
             ("cancel and complete", lambda: _cancel_absent(factory)),
+            ("cancel_run removes a run's timers at a status", lambda: _cancel_run(factory)),
         ],
     )
