@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from examples import callback, connector, gettingstarted, schedule, timeout
+from examples import callback, connector, deadletter, gettingstarted, payout, schedule, timeout
 from workflow import ConnectorEvent, RunState, TypedRecord, Workflow
 from workflow.adapters.memrecordstore import MemRecordStore
 from workflow.adapters.memrolescheduler import MemRoleScheduler
@@ -342,3 +342,20 @@ async def test_schedule_main(
     assert "09:00 the clock strikes the hour" in out
     assert "(triggered 10:00): STARTED -> DONE" in out
     assert "2 different runs, one per hour" in out
+
+
+# -- failure handling --------------------------------------------------------------------
+
+
+async def test_payout_retries_then_fails_only_the_broken_payouts(
+    registry: CollectorRegistry,
+) -> None:
+    S = payout.Status
+    outcome = await payout.main(metrics_registry=registry)
+    assert outcome == {"ok": S.PAID, "flaky": S.PAID, "down": S.FAILED, "declined": S.FAILED}
+
+
+async def test_a_dead_letter_stays_paused_until_the_operator_resumes_it(
+    registry: CollectorRegistry,
+) -> None:
+    assert await deadletter.main(metrics_registry=registry) == ["paid"]

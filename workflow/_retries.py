@@ -126,11 +126,12 @@ async def give_up(
 ) -> None:
     """The policy's ``on_exhausted``: pause (saying why), cancel, or move to a status."""
     n = record.meta.attempt
-    why = (
-        f"non-retryable error: {err}"
-        if non_retryable
-        else f"{AUTO_PAUSE_REASON} ({n} errors, last: {err!r})"
-    )
+    if non_retryable:
+        why = f"non-retryable error: {err!r}"
+    elif policy.on_exhausted == "pause":
+        why = f"{AUTO_PAUSE_REASON} ({n} errors, last: {err!r})"  # luno's words
+    else:
+        why = f"retries exhausted ({n} errors, last: {err!r})"
     if isinstance(err, NonRetryableError):
         why = str(err)  # the user's own words, as before
     target = policy.on_exhausted
