@@ -26,6 +26,7 @@ from workflow.adapters.sqltimeout import SQLTimeoutStore
 from workflow.testing import FakeClock, wait_for
 
 from . import test_e2e_backends as e2e
+from . import test_failure_handling as fh
 from .backends import Backend
 from .procs.kafka_worker import FAST, build, namespace, need_kafka
 from .procs.worker import count_done
@@ -196,3 +197,30 @@ async def test_a_killed_worker_is_replaced_and_redelivers(database: Database, ka
     finally:
         assert await stop_worker(second) > 0
     await engine.dispose()
+
+
+# -- failure handling on Kafka (the scenarios of test_failure_handling.py) -------------------
+
+
+async def test_a_failing_run_delays_no_other_run(backend: Backend) -> None:
+    await fh.test_a_failing_run_delays_no_other_run(backend)
+
+
+async def test_a_policy_backs_off_then_moves_to_its_failure_status(backend: Backend) -> None:
+    await fh.test_a_policy_backs_off_then_moves_to_its_failure_status(backend)
+
+
+async def test_a_retry_survives_a_restart(backend: Backend) -> None:
+    await fh.test_a_retry_survives_a_restart(backend)
+
+
+async def test_pauses_say_why_and_pause_retry_resumes_only_some(backend: Backend) -> None:
+    await fh.test_pauses_say_why_and_pause_retry_resumes_only_some(backend)
+
+
+async def test_timers_count_from_arrival_and_go_when_the_run_leaves(backend: Backend) -> None:
+    await fh.test_timers_count_from_arrival_and_go_when_the_run_leaves(backend)
+
+
+async def test_a_trigger_with_a_used_key_returns_the_first_run(backend: Backend) -> None:
+    await fh.test_a_trigger_with_a_used_key_returns_the_first_run(backend)
