@@ -18,7 +18,7 @@ import asyncio
 import secrets
 import sqlite3
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
@@ -73,39 +73,39 @@ class EngineShared:
         self.roles = RoleWakeups()
         self._writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _sqlite.GroupWriter]
         self._writers = weakref.WeakKeyDictionary()
+        # The dialect's conversions and driver runners, chosen once (no per-call dispatch).
         self.encode_time: Callable[[datetime], Any]
         self.clock: Callable[[timedelta | None], sa.ColumnElement[Any]]
+        self.fetch: Callable[[Statement, Mapping[str, Any]], Awaitable[Sequence[Sequence[Any]]]]
+        """The rows of one read statement, on the driver."""
+        self.execute: Callable[[Statement, Mapping[str, Any]], Awaitable[int]]
+        """One write statement in a transaction of its own; its row count (on SQLite through
+        :meth:`write`: committed there whatever the engine's settings)."""
         if self.postgres:
             self.encode_time, self.clock = _postgres.encode_time, _postgres.clock
+            self.fetch = partial(_postgres.fetch, engine)
+            self.execute = partial(_postgres.execute, engine)
         else:
             self.encode_time, self.clock = _sqlite.encode_time, _sqlite.clock
+            self.fetch = partial(_sqlite.fetch, engine)
+            self.execute = self._sqlite_execute
 
     def __repr__(self) -> str:
         return f"<EngineShared {self.url}>"
 
     # -- the driver ----------------------------------------------------------------------
 
-    async def fetch(self, stmt: Statement, params: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
-        """The rows of one read statement, on the driver."""
-        if self.postgres:
-            return await _postgres.fetch(self.engine, stmt, params)
-        return await _sqlite.fetch(self.engine, stmt, params)
-
     async def fetchval(self, stmt: Statement, params: Mapping[str, Any]) -> Any:
         """PostgreSQL: the first value of one statement in a transaction of its own."""
         return await _postgres.fetchval(self.engine, stmt, params)
 
-    async def execute(self, stmt: Statement, params: Mapping[str, Any]) -> int:
-        """One write statement in a transaction of its own (on SQLite: through
-        :meth:`write`, committed there whatever the engine's settings); its row count."""
-        if self.postgres:
-            return await _postgres.execute(self.engine, stmt, params)
-        return await self.write(partial(_sqlite.execute, stmt, params))
+    def _sqlite_execute(self, stmt: Statement, params: Mapping[str, Any]) -> Awaitable[int]:
+        return self.write(partial(_sqlite.execute, stmt, params))
 
-    async def write(self, fn: Callable[[sqlite3.Connection], R]) -> R:
+    def write(self, fn: Callable[[sqlite3.Connection], R]) -> asyncio.Future[R]:
         """SQLite: ``fn(conn)`` in a group write of this event loop (see
-        :meth:`adapters._sqlite.GroupWriter.write`)."""
-        return await self.writer().write(fn)
+        :meth:`adapters._sqlite.GroupWriter.submit`); its result."""
+        return self.writer().submit(fn)
 
     def writer(self) -> _sqlite.GroupWriter:
         """SQLite: this event loop's group writer of the engine."""

@@ -181,19 +181,15 @@ class GroupWriter:
         self.queue: list[Job] = []
         self.task: asyncio.Task[None] | None = None
 
-    async def write(self, fn: Callable[[sqlite3.Connection], R]) -> R:
+    def submit(self, fn: Callable[[sqlite3.Connection], R]) -> asyncio.Future[R]:
         """Run ``fn(conn)`` in a write transaction on the ``sqlite3`` connection of a pooled
-        aiosqlite connection, in that connection's thread, inside a savepoint of its own;
-        return its result or raise its exception (then nothing of it was written). Once
-        handed over, a job runs to its end even if its caller is cancelled; a caller
-        cancelled before its job is taken drops the job (as with any cancelled database
-        write, the caller cannot know which)."""
-        result: R = await self.submit(fn)
-        return result
-
-    def submit(self, fn: Callable[[sqlite3.Connection], Any]) -> asyncio.Future[Any]:
+        aiosqlite connection, in that connection's thread, inside a savepoint of its own; the
+        future of its result or exception (then nothing of it was written). Once handed
+        over, a job runs to its end even if its caller is cancelled; a caller cancelled
+        before its job is taken drops the job (as with any cancelled database write, the
+        caller cannot know which)."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
+        fut: asyncio.Future[R] = loop.create_future()
         self.queue.append((fn, fut))
         if self.task is None:
             self.task = loop.create_task(self._drain())

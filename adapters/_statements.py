@@ -26,6 +26,7 @@ import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
+from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -79,25 +80,30 @@ EVENT_READ = ("id", *_columns(events, "id", "topic"))
 
 
 def record_row(record: Record, time: TimeCodec) -> dict[str, Any]:
-    """The values of :data:`RECORD_WRITE` for ``record`` (and ``prev``, the version a
-    compare-and-set update expects)."""
+    """The values of :data:`RECORD_WRITE` for ``record`` (after its first version only the
+    :data:`VERSIONED` ones and ``run_id``: the others never change), and ``prev``, the
+    version a compare-and-set update expects."""
     meta = record.meta
-    return {
+    row = {
         "run_id": record.run_id,
-        "workflow_name": record.workflow_name,
-        "foreign_id": record.foreign_id,
-        "foreign_key": foreign_key(record.workflow_name, record.foreign_id),
+        "version": meta.version,
         "run_state": int(record.run_state),
         "status": record.status,
         "object": record.object.decode(),
-        "created_at": time(record.created_at),
         "updated_at": time(record.updated_at),
-        "version": meta.version,
         "run_state_reason": meta.run_state_reason,
         "status_description": meta.status_description,
-        "trace_origin": meta.trace_origin,
         "prev": meta.version - 1,
     }
+    if meta.version == 1:
+        row.update(
+            workflow_name=record.workflow_name,
+            foreign_id=record.foreign_id,
+            foreign_key=foreign_key(record.workflow_name, record.foreign_id),
+            created_at=time(record.created_at),
+            trace_origin=meta.trace_origin,
+        )
+    return row
 
 
 def decode_time(value: Any) -> datetime:
@@ -111,23 +117,48 @@ def _json(value: Any) -> bytes:
     return value.encode() if isinstance(value, str) else bytes(value)
 
 
+_RECORD_FIELDS = itemgetter(
+    *(
+        RECORD_READ.index(n)
+        for n in (
+            *("workflow_name", "foreign_id", "run_id", "run_state", "status", "object"),
+            *("created_at", "updated_at", "run_state_reason", "status_description"),
+            *("version", "trace_origin"),
+        )
+    )
+)
+
+
 def record_from(row: Sequence[Any]) -> Record:
     """The record of a row of :data:`RECORD_READ` (from the driver or from SQLAlchemy)."""
-    v = dict(zip(RECORD_READ, row, strict=True))
+    (
+        workflow_name,
+        foreign_id,
+        run_id,
+        run_state,
+        status,
+        obj,
+        created_at,
+        updated_at,
+        run_state_reason,
+        status_description,
+        version,
+        trace_origin,
+    ) = _RECORD_FIELDS(row)
     return Record(
-        workflow_name=v["workflow_name"],
-        foreign_id=v["foreign_id"],
-        run_id=v["run_id"],
-        run_state=RunState(v["run_state"]),
-        status=v["status"],
-        object=_json(v["object"]),
-        created_at=decode_time(v["created_at"]),
-        updated_at=decode_time(v["updated_at"]),
+        workflow_name=workflow_name,
+        foreign_id=foreign_id,
+        run_id=run_id,
+        run_state=RunState(run_state),
+        status=status,
+        object=_json(obj),
+        created_at=decode_time(created_at),
+        updated_at=decode_time(updated_at),
         meta=Meta(
-            run_state_reason=v["run_state_reason"],
-            status_description=v["status_description"],
-            version=v["version"],
-            trace_origin=v["trace_origin"],
+            run_state_reason=run_state_reason,
+            status_description=status_description,
+            version=version,
+            trace_origin=trace_origin,
         ),
     )
 
@@ -159,16 +190,15 @@ def event_rows(
     ]
 
 
+_EVENT_FIELDS = itemgetter(
+    *(EVENT_READ.index(n) for n in ("id", "foreign_id", "type", "headers", "created_at"))
+)
+
+
 def event_from(row: Sequence[Any]) -> Event:
     """The event of a row of ``EVENT_READ`` (:data:`FETCH_EVENTS`)."""
-    v = dict(zip(EVENT_READ, row, strict=True))
-    return Event(
-        int(v["id"]),
-        v["foreign_id"],
-        v["type"],
-        json.loads(v["headers"]),
-        decode_time(v["created_at"]),
-    )
+    id_, foreign_id, type_, headers, created_at = _EVENT_FIELDS(row)
+    return Event(int(id_), foreign_id, type_, json.loads(headers), decode_time(created_at))
 
 
 # -- reads -----------------------------------------------------------------------------------
@@ -276,22 +306,36 @@ def _pg_values(table: sa.Table, names: Sequence[str], prefix: str = "") -> str:
     return ", ".join(_postgres.cast(prefix + n, table.c[n].type) for n in names)
 
 
-def pg_insert_events(where: str) -> str:
-    """The events insert of PostgreSQL: the rows given as one array per column
-    (``:event_<column>``, see :func:`_pg_event_params`), in order, if ``where`` holds."""
+def pg_insert_events(source: str | None = None) -> str:
+    """The events insert of PostgreSQL (the values: :func:`_pg_event_params`). Without
+    ``source``, a batch: one array per column (``:event_<column>``), in order, once the
+    topic's lock is taken (:data:`adapters._postgres.LOCKED`). With ``source`` (a record
+    store's ``r``), one event per row of it, its values as plain parameters."""
     names = ", ".join(EVENT)
+    if source is not None:
+        return (
+            f"INSERT INTO {events.name} ({names}) "
+            f"SELECT {_pg_values(events, EVENT, 'event_')} FROM {source}"
+        )
     arrays = ", ".join(_postgres.cast(f"event_{n}", events.c[n].type, array=True) for n in EVENT)
     return (
         f"INSERT INTO {events.name} ({names}) SELECT {', '.join('e.' + n for n in EVENT)} "
-        f"FROM unnest({arrays}) WITH ORDINALITY AS e({names}, n) WHERE {where} ORDER BY e.n"
+        f"FROM unnest({arrays}) WITH ORDINALITY AS e({names}, n) "
+        f"WHERE {_postgres.LOCKED} ORDER BY e.n"
     )
 
 
-def _pg_event_params(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    return {f"event_{n}": [r[n] for r in rows] for n in EVENT}
+_EVENT_PARAMS = tuple((f"event_{n}", n) for n in EVENT)
 
 
-_PG_APPEND_EVENTS = sa.text(f"WITH {_postgres.TOPIC_LOCK} {pg_insert_events(_postgres.LOCKED)}")
+def _pg_event_params(rows: Sequence[Mapping[str, Any]], batch: bool) -> dict[str, Any]:
+    if not batch:
+        (row,) = rows
+        return {p: row[n] for p, n in _EVENT_PARAMS}
+    return {p: [r[n] for r in rows] for p, n in _EVENT_PARAMS}
+
+
+_PG_APPEND_EVENTS = sa.text(f"WITH {_postgres.TOPIC_LOCK} {pg_insert_events()}")
 """A batch of events of one topic, under its lock (through SQLAlchemy: :func:`insert_events`)."""
 
 
@@ -323,7 +367,7 @@ def _pg_store(first: bool, deleted: bool, direct: bool) -> Statement:
             f"WHERE run_id = (SELECT run_id FROM r) AND version < {version})"
         )
     if direct:
-        parts.append(f"ev AS ({pg_insert_events('EXISTS (SELECT 1 FROM r)')})")
+        parts.append(f"ev AS ({pg_insert_events('r')})")
     else:
         parts.append(
             f"o AS (INSERT INTO {outbox.name} ({', '.join(OUTBOX)}) "
@@ -331,6 +375,8 @@ def _pg_store(first: bool, deleted: bool, direct: bool) -> Statement:
         )
     return Statement("WITH " + ",\n".join(parts) + "\nSELECT count(*) FROM r")
 
+
+_OUTBOX_PARAMS = tuple((f"outbox_{n}", n) for n in OUTBOX)
 
 _PG_STORE = {
     (first, deleted, direct): _pg_store(first, deleted, direct)
@@ -357,15 +403,16 @@ async def store(
     :func:`adapters._postgres.lock_params`), all or nothing. 1 if written, 0 if the
     compare-and-set failed."""
     if db.postgres:
-        params = dict(row)
-        if outbox is not None:
-            params.update({f"outbox_{k}": v for k, v in outbox.items()})
-        else:
-            assert events is not None and lock is not None
-            params.update(_pg_event_params(events), **lock)
         first = row["version"] == 1
         deleted = not first and row["run_state"] == RunState.DATA_DELETED
         stmt = _PG_STORE[(first, deleted, outbox is None)]
+        params = row  # one statement: one namespace of parameters
+        if outbox is not None:
+            params.update({p: outbox[n] for p, n in _OUTBOX_PARAMS})
+        else:
+            assert events is not None and lock is not None
+            params.update(_pg_event_params(events, False))
+            params.update(lock)
         return int(await db.fetchval(stmt, params))
     if outbox is not None:
         tail = partial(_sqlite_outbox, outbox)
@@ -382,6 +429,6 @@ async def insert_events(
     transaction (``lock``: :func:`adapters._postgres.lock_params`): the statement a record
     store's own transaction writes its event with, through SQLAlchemy."""
     if conn.dialect.name == "postgresql":
-        await conn.execute(_PG_APPEND_EVENTS, {**_pg_event_params(rows), **lock})
+        await conn.execute(_PG_APPEND_EVENTS, {**_pg_event_params(rows, True), **lock})
     else:
         await conn.execute(_SQLITE_APPEND_EVENTS, rows)

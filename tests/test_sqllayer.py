@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import gc
 import weakref
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -129,9 +130,11 @@ def _columns(table: sa.Table, *without: str) -> set[str]:
 
 def test_the_written_columns_come_from_the_tables() -> None:
     now = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
-    record = Record("wf", "f", "r", RunState.RUNNING, 2, b"{}", now, now, Meta(version=3))
+    record = Record("wf", "f", "r", RunState.INITIATED, 1, b"{}", now, now, Meta(version=1))
     row = _statements.record_row(record, _statements.decode_time)
     assert set(row) - {"prev"} == _columns(records, "id") == set(_statements.RECORD_WRITE)
+    later = replace(record, run_state=RunState.RUNNING, meta=Meta(version=3))
+    assert set(_statements.record_row(later, str)) - {"prev"} == _columns(history)
     assert set(_statements.VERSIONED) == _columns(history, "run_id")
     assert set(_statements.VERSIONED) < set(_statements.RECORD_WRITE)
     event = OutboxEvent("e", "wf", b"{}", now)
