@@ -10,7 +10,8 @@ timeout and ``synchronous``; SQLAlchemy transactions take the write lock up fron
 IMMEDIATE``) unless opened by :func:`adapters.sqlschema.reading`. A database file that cannot
 be opened raises :class:`DatabaseFileError` naming the file and what is wrong with it.
 
-PostgreSQL needs nothing of the engine.
+PostgreSQL needs nothing of the engine. The SQLite statements are in :mod:`adapters._sqlite`;
+whether an engine is set up is kept by its :class:`~adapters._sqlengine.EngineShared`.
 """
 
 from __future__ import annotations

@@ -13,10 +13,12 @@ version changes what the history keeps of it (the columns of ``workflow_record_h
 :func:`record_from`: the statements follow.
 
 **One writer of events.** Every row of ``workflow_events`` is made by :func:`event_rows` and
-written by one statement per dialect: on SQLite :data:`SQLITE_INSERT_EVENTS` (``executemany``),
-on PostgreSQL :func:`pg_insert_events` (the batch as column arrays, under the topic's lock,
-:data:`adapters._postgres.TOPIC_LOCK`) — in a streamer's send, in a record store's own
-transaction, and in a caller's SQLAlchemy transaction (:func:`insert_events`).
+written by the statement of one builder per dialect, under the topic's insert lock on
+PostgreSQL (:data:`adapters._postgres.TOPIC_LOCK`): on SQLite :data:`SQLITE_INSERT_EVENTS`
+(``executemany``), on PostgreSQL :func:`pg_insert_events` (a batch as column arrays, or a
+record store's one event from its CTE) — in a record store's own transaction
+(:func:`store`) and in a caller's SQLAlchemy transaction (:func:`insert_events`, which
+``SQLStreamer``'s sends use).
 """
 
 from __future__ import annotations
