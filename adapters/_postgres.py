@@ -39,9 +39,8 @@ __all__ = [
 # -- values ----------------------------------------------------------------------------------
 
 
-def encode_time(value: datetime) -> datetime:
-    """An aware time as asyncpg takes it for ``timestamptz`` (in UTC)."""
-    return aware_utc(value)
+encode_time = aware_utc
+"""An aware time as asyncpg takes it for ``timestamptz`` (in UTC)."""
 
 
 def decode_time(value: datetime) -> datetime:

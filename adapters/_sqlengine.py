@@ -78,16 +78,20 @@ class EngineShared:
         self.clock: Callable[[timedelta | None], sa.ColumnElement[Any]]
         self.fetch: Callable[[Statement, Mapping[str, Any]], Awaitable[Sequence[Sequence[Any]]]]
         """The rows of one read statement, on the driver."""
+        self.fetchval: Callable[[Statement, Mapping[str, Any]], Awaitable[Any]]
+        """PostgreSQL: the first value of one statement in a transaction of its own."""
         self.execute: Callable[[Statement, Mapping[str, Any]], Awaitable[int]]
         """One write statement in a transaction of its own; its row count (on SQLite through
         :meth:`write`: committed there whatever the engine's settings)."""
         if self.postgres:
             self.encode_time, self.clock = _postgres.encode_time, _postgres.clock
             self.fetch = partial(_postgres.fetch, engine)
+            self.fetchval = partial(_postgres.fetchval, engine)
             self.execute = partial(_postgres.execute, engine)
         else:
             self.encode_time, self.clock = _sqlite.encode_time, _sqlite.clock
             self.fetch = partial(_sqlite.fetch, engine)
+            self.fetchval = self._no_fetchval
             self.execute = self._sqlite_execute
 
     def __repr__(self) -> str:
@@ -95,9 +99,8 @@ class EngineShared:
 
     # -- the driver ----------------------------------------------------------------------
 
-    async def fetchval(self, stmt: Statement, params: Mapping[str, Any]) -> Any:
-        """PostgreSQL: the first value of one statement in a transaction of its own."""
-        return await _postgres.fetchval(self.engine, stmt, params)
+    async def _no_fetchval(self, stmt: Statement, params: Mapping[str, Any]) -> Any:
+        raise NotImplementedError("fetchval is for PostgreSQL (autocommit statements)")
 
     def _sqlite_execute(self, stmt: Statement, params: Mapping[str, Any]) -> Awaitable[int]:
         return self.write(partial(_sqlite.execute, stmt, params))
