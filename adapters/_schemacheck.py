@@ -13,12 +13,13 @@ for that engine. A check that cannot reach the database raises what the database
 from __future__ import annotations
 
 import asyncio
-import weakref
-from typing import Any
+from functools import partial
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from . import _postgres, _sqlite
+from ._sqlengine import EngineShared, shared
 from ._sqlsetup import SchemaError
 from .sqlschema import metadata, reading, records
 
@@ -29,37 +30,36 @@ SCHEMA_REVISION = "0001"
 
 UNIQUE_INDEX = "uq_workflow_records_unfinished"
 
-_checked: weakref.WeakKeyDictionary[sa.Engine, bool] = weakref.WeakKeyDictionary()
-_running: weakref.WeakKeyDictionary[sa.Engine, asyncio.Future[None]] = weakref.WeakKeyDictionary()
-
 
 async def check_schema(engine: AsyncEngine) -> None:
     """Raise :class:`SchemaError` unless the engine's database has the adapters' schema;
     checked once per engine (concurrent first callers share one check, which a cancelled
     caller does not interrupt)."""
-    sync = engine.sync_engine
-    if sync in _checked:
+    db = shared(engine)
+    if db.schema_ok:
         return
-    running = _running.get(sync)
+    running = db.schema_check
     if running is None or running.get_loop() is not asyncio.get_running_loop():
-        running = _running[sync] = asyncio.ensure_future(_check(engine))
-        running.add_done_callback(lambda fut: _finished(sync, fut))
+        running = db.schema_check = asyncio.ensure_future(_check(engine))
+        running.add_done_callback(partial(_finished, db))
     await asyncio.shield(running)
 
 
-def _finished(sync: sa.Engine, fut: asyncio.Future[None]) -> None:
-    if _running.get(sync) is fut:
-        del _running[sync]
+def _finished(db: EngineShared, fut: asyncio.Future[None]) -> None:
+    if db.schema_check is fut:
+        db.schema_check = None
     if not fut.cancelled() and fut.exception() is None:
-        _checked[sync] = True
+        db.schema_ok = True
 
 
 async def _check(engine: AsyncEngine) -> None:
     async with reading(engine) as conn:
         if engine.dialect.name == "postgresql":
-            tables, index, revision = await _postgres(conn)
+            names = [*metadata.tables, "alembic_version"]
+            tables, index = await _postgres.schema_facts(conn, names, UNIQUE_INDEX)
         else:
-            tables, index, revision = await _sqlite(conn)
+            tables, index = await _sqlite.schema_facts(conn, UNIQUE_INDEX)
+        revision = await _revision(conn, "alembic_version" in tables)
     problems = [f"table {name} is missing" for name in metadata.tables if name not in tables]
     if "workflow_records" in tables:
         problems += _index_problems(index)
@@ -93,43 +93,6 @@ def _message(engine: AsyncEngine, problems: list[str], revision: str | None) -> 
         f"{SCHEMA_REVISION}; {where}), or `await create_schema(engine)` on a new database; "
         f"a dropped index is re-created with: {ddl}"
     )
-
-
-async def _sqlite(conn: AsyncConnection) -> tuple[set[str], str | None, str | None]:
-    rows: list[Any] = list(
-        await conn.exec_driver_sql(
-            "SELECT type, name, sql FROM sqlite_master WHERE type IN ('table', 'index')"
-        )
-    )
-    tables = {r[1] for r in rows if r[0] == "table"}
-    index = next((r[2] for r in rows if r[0] == "index" and r[1] == UNIQUE_INDEX), None)
-    return tables, index, await _revision(conn, "alembic_version" in tables)
-
-
-async def _postgres(conn: AsyncConnection) -> tuple[set[str], str | None, str | None]:
-    # Names resolve through the search_path, as the adapters' own statements do.
-    names = [*metadata.tables, "alembic_version"]
-    found = await conn.execute(
-        sa.text(
-            "SELECT name FROM unnest(CAST(:names AS TEXT[])) AS name "
-            "WHERE to_regclass(quote_ident(name)) IS NOT NULL"
-        ),
-        {"names": names},
-    )
-    tables = {r[0] for r in found}
-    index: Any = None
-    if "workflow_records" in tables:
-        index = (
-            await conn.execute(
-                sa.text(
-                    "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i "
-                    "JOIN pg_class c ON c.oid = i.indexrelid "
-                    "WHERE i.indrelid = to_regclass('workflow_records') AND c.relname = :name"
-                ),
-                {"name": UNIQUE_INDEX},
-            )
-        ).scalar()
-    return tables, index, await _revision(conn, "alembic_version" in tables)
 
 
 async def _revision(conn: AsyncConnection, present: bool) -> str | None:

@@ -10,14 +10,14 @@ timeout and ``synchronous``; SQLAlchemy transactions take the write lock up fron
 IMMEDIATE``) unless opened by :func:`adapters.sqlschema.reading`. A database file that cannot
 be opened raises :class:`DatabaseFileError` naming the file and what is wrong with it.
 
-PostgreSQL needs nothing of the engine.
+PostgreSQL needs nothing of the engine. The SQLite statements are in :mod:`adapters._sqlite`;
+whether an engine is set up is kept by its :class:`~adapters._sqlengine.EngineShared`.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,9 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from workflow import WorkflowError
+
+from . import _sqlite
+from ._sqlengine import shared
 
 __all__ = ["DatabaseFileError", "SQLSetupError", "SchemaError", "prepare"]
 
@@ -45,24 +48,24 @@ class SchemaError(SQLSetupError):
     the index that keeps one unfinished run per foreign id): apply the migrations."""
 
 
-_prepared: weakref.WeakKeyDictionary[sa.Engine, str] = weakref.WeakKeyDictionary()
-
-
 def prepare(engine: AsyncEngine, *, sqlite_synchronous: str = "FULL") -> AsyncEngine:
     """Set ``engine`` up for the SQL adapters (once per engine; later calls change nothing)
     and return it. See the module docstring."""
-    sync = engine.sync_engine
-    if sync in _prepared:
+    db = shared(engine)
+    if db.synchronous is not None:
         return engine
-    _prepared[sync] = sqlite_synchronous
-    if sync.dialect.name == "sqlite":
-        _prepare_sqlite(sync, sqlite_synchronous.upper())
+    synchronous = sqlite_synchronous.upper()
+    if db.sync.dialect.name == "sqlite":
+        if synchronous not in _sqlite.SYNCHRONOUS:
+            raise ValueError(
+                f"sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA: {sqlite_synchronous!r}"
+            )
+        _prepare_sqlite(db.sync, synchronous)
+    db.synchronous = synchronous
     return engine
 
 
 def _prepare_sqlite(sync: sa.Engine, synchronous: str) -> None:
-    if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-        raise ValueError(f"sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA: {synchronous!r}")
     path = _database_path(sync.url)
 
     def do_connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
@@ -76,22 +79,16 @@ def _prepare_sqlite(sync: sa.Engine, synchronous: str) -> None:
         if record.info.get("workflow_ready") is dbapi_conn:
             return
         try:
-            dbapi_conn.isolation_level = None  # no implicit BEGIN/COMMIT by the driver
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute(f"PRAGMA synchronous={synchronous}")
-            cur.close()
+            _sqlite.set_up(dbapi_conn, synchronous)
         except Exception as err:
             _raise_file_error(err, path)
             raise
         record.info["workflow_ready"] = dbapi_conn
 
     def begin(conn: sa.Connection) -> None:
-        # Writers take the write lock up front (no read-then-write lock upgrade, which
-        # busy_timeout cannot resolve); readers (see `reading`) do not block anyone.
-        deferred = conn.get_execution_options().get("workflow_read_only", False)
-        conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
+        # Readers (see `reading`) do not block anyone; writers take the write lock up front.
+        read_only = conn.get_execution_options().get("workflow_read_only", False)
+        conn.exec_driver_sql(_sqlite.begin(read_only))
 
     event.listen(sync, "do_connect", do_connect)
     event.listen(sync, "checkout", checkout)

@@ -11,16 +11,16 @@ when its lease has run out; otherwise it changes nothing and the caller waits. E
 writes a fresh random token, so a holder's later renewal or release (``WHERE role AND
 token``) can never touch the next holder's row.
 
-**Whose clock.** Lease expiry is the one place where the *database's* clock is used
-(``clock_timestamp()`` on PostgreSQL, ``strftime('%Y-%m-%d %H:%M:%f', 'now')`` on SQLite):
-hosts sharing a PostgreSQL server may have skewed clocks, but they all see the same database
-clock, so "expired" means the same thing to everyone. (Stored record, timeout and event times
-use the engine's clock instead, SPEC §9.14.) On SQLite the expression is written in the text
-form SQLAlchemy stores ``UTCDateTime`` in (``YYYY-MM-DD HH:MM:SS.ffffff``, UTC), so the
-text comparisons order correctly. The holder itself counts the lease down on its *local*
-monotonic clock from the moment it *sent* the grant or renewal, which is never later than the
-database's stamp: it gives the role up (revokes the lease) no later than anyone else may take
-it over, assuming clocks tick at the same rate.
+**Whose clock.** Lease expiry is the one place where the *database's* clock is used (``clock``
+of :mod:`adapters._postgres` / :mod:`adapters._sqlite`): hosts sharing a PostgreSQL server may
+have skewed clocks, but they all see the same database clock, so "expired" means the same
+thing to everyone. (Stored record, timeout and event times use the engine's clock instead,
+SPEC §9.14.) On SQLite the expression is written in the text form every stored time has
+(``YYYY-MM-DD HH:MM:SS.ffffff``, UTC), so the text comparisons order correctly. The holder
+itself counts the lease down on its *local* monotonic clock from the moment it *sent* the
+grant or renewal, which is never later than the database's stamp: it gives the role up
+(revokes the lease) no later than anyone else may take it over, assuming clocks tick at the
+same rate.
 
 **While held.** A background task renews the lease every ``lease / 3``
 (``UPDATE ... WHERE role AND token``). If the row is no longer ours (taken over or deleted),
@@ -31,7 +31,8 @@ not change, so nobody held the role in between.
 
 **Release** deletes the row (``WHERE role AND token``), stops renewal and at once wakes the
 waiters of this process (every scheduler on the same :class:`AsyncEngine` object shares a
-notifier). It is shielded: cancelling the releasing task does not leave the row behind.
+notifier, kept by its :class:`~adapters._sqlengine.EngineShared`). It is shielded: cancelling
+the releasing task does not leave the row behind.
 
 **Waiting.** A waiter tries the grant, then waits until a local release wakes it or
 ``poll_interval`` passes (default ``min(lease / 4, 1 s)``), and tries again. Hand-over between
@@ -62,7 +63,6 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
-from weakref import WeakKeyDictionary
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -73,6 +73,7 @@ from workflow.abc import as_timedelta
 
 from ._lograte import Throttle, reachable, unreachable
 from ._schemacheck import check_schema
+from ._sqlengine import shared
 from ._sqlsetup import SQLSetupError, prepare
 from .sqlschema import leases
 
@@ -82,43 +83,6 @@ _log = logging.getLogger(__name__)
 _throttled = Throttle(_log)
 
 T = TypeVar("T")
-
-_SQLITE_FORMAT = "%Y-%m-%d %H:%M:%f"
-"""SQLite's millisecond timestamp; ``|| '000'`` pads it to SQLAlchemy's stored text form."""
-
-
-class _Notifier:
-    """Wakes the waiters of this process for a role when a lease of it is released here."""
-
-    def __init__(self) -> None:
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
-
-    def subscribe(self, role: str) -> asyncio.Future[None]:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(role, set()).add(fut)
-        return fut
-
-    def unsubscribe(self, role: str, fut: asyncio.Future[None]) -> None:
-        waiters = self._waiters.get(role)
-        if waiters is not None:
-            waiters.discard(fut)
-            if not waiters:
-                del self._waiters[role]
-
-    def wake(self, role: str) -> None:
-        for fut in self._waiters.pop(role, set()):
-            if not fut.done():
-                fut.set_result(None)
-
-
-_notifiers: WeakKeyDictionary[sa.Engine, _Notifier] = WeakKeyDictionary()
-
-
-def _notifier(engine: AsyncEngine) -> _Notifier:
-    found = _notifiers.get(engine.sync_engine)
-    if found is None:
-        found = _notifiers[engine.sync_engine] = _Notifier()
-    return found
 
 
 async def _outlast(task: asyncio.Task[Any], deadline: float) -> bool:
@@ -180,6 +144,7 @@ class SQLRoleScheduler:
         poll_interval: timedelta | float | None = None,
     ) -> None:
         self._engine = prepare(engine)
+        self._db = shared(engine)
         self._lease = as_timedelta(lease)
         if self._lease <= timedelta(0):
             raise ValueError(f"lease must be positive, got {lease!r}")
@@ -216,7 +181,7 @@ class SQLRoleScheduler:
     async def await_role(self, role: str) -> Lease:
         """Wait until this scheduler holds ``role`` and return its lease. Cancellable; raises
         :class:`RuntimeError` once the scheduler is closed."""
-        notifier = _notifier(self._engine)
+        notifier = self._db.roles
         while True:
             self._check_open()
             woken = notifier.subscribe(role)
@@ -255,21 +220,13 @@ class SQLRoleScheduler:
 
     # -- SQL ----------------------------------------------------------------------------
 
-    def _now_sql(self) -> sa.ColumnElement[Any]:
-        if self._engine.dialect.name == "postgresql":
-            return sa.func.clock_timestamp()
-        return sa.func.strftime(_SQLITE_FORMAT, "now", type_=sa.String) + "000"
-
     def _expiry_sql(self) -> sa.ColumnElement[Any]:
-        if self._engine.dialect.name == "postgresql":
-            return sa.func.clock_timestamp() + sa.literal(self._lease, sa.Interval())
-        shift = f"{self._lease_s:+.6f} seconds"
-        return sa.func.strftime(_SQLITE_FORMAT, "now", shift, type_=sa.String) + "000"
+        return self._db.clock(self._lease)
 
     async def _acquire(self, role: str, token: int) -> bool:
         """Insert the row, or take it over if its lease has run out; whether we got it."""
         await check_schema(self._engine)
-        insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
+        insert = postgresql.insert if self._db.postgres else sqlite.insert
         stmt = insert(leases).values(
             role=role, holder=self._holder, token=token, expires_at=self._expiry_sql()
         )
@@ -280,7 +237,7 @@ class SQLRoleScheduler:
                 "token": stmt.excluded.token,
                 "expires_at": stmt.excluded.expires_at,
             },
-            where=leases.c.expires_at < self._now_sql(),
+            where=leases.c.expires_at < self._db.clock(None),
         ).returning(leases.c.token)
         async with self._engine.begin() as conn:
             got = (await conn.execute(upsert)).scalar_one_or_none()
@@ -355,7 +312,7 @@ class SQLRoleScheduler:
             _throttled.warning(
                 f"delete {self._url}", "could not delete lease row of role %r: %r", role, err
             )
-        _notifier(self._engine).wake(role)
+        self._db.roles.wake(role)
 
     def _hold(self, role: str, token: int, valid_until: float) -> _Held:
         held = _Held(role, token, valid_until)

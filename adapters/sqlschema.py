@@ -5,6 +5,9 @@ alembic, and :func:`create_schema` creates it directly (tests, the quick start).
 
 Times are stored as UTC: ``timestamptz`` on PostgreSQL, ISO text on SQLite, and always come
 back timezone-aware. Run objects are JSON: ``jsonb`` on PostgreSQL (queryable), text on SQLite.
+How each dialect stores them is said once, in :mod:`adapters._sqlite` and
+:mod:`adapters._postgres`; the statements the adapters write by hand take their column lists
+from these tables (:mod:`adapters._statements`).
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from . import _postgres, _sqlite
 from ._sqlsetup import prepare
 
 __all__ = [
@@ -40,24 +44,41 @@ __all__ = [
 ]
 
 
+class _SQLiteTime(sa.types.UserDefinedType[str]):
+    """SQLite: a ``DATETIME`` column whose values pass as they are (the text of
+    :func:`adapters._sqlite.encode_time`)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "DATETIME"
+
+
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
-    """A timezone-aware UTC datetime on every database (microsecond precision)."""
+    """A timezone-aware UTC datetime on every database (microsecond precision), stored as
+    :mod:`adapters._sqlite` and :mod:`adapters._postgres` say."""
 
     impl = sa.DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r}: the SQL adapters store aware UTC times")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(_SQLiteTime())
+        return dialect.type_descriptor(self.impl_instance)
 
-    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> Any:
         if value is None:
             return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return _sqlite.encode_time(value)
+        return _postgres.encode_time(value)
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return _sqlite.decode_time(value)
+        return _postgres.decode_time(value)
 
 
 class _JSONBText(sa.types.UserDefinedType[str]):

@@ -6,17 +6,19 @@ position, in id order, and never looks back. On PostgreSQL, ids come from a sequ
 become visible out of order: transaction A takes id 10, B takes id 11 and commits first; a
 reader that saw 11 would skip 10 for ever. So every insert transaction first takes a
 transaction-scoped advisory lock for its topic (``pg_advisory_xact_lock(LOCK_NAMESPACE,
-hashtext(topic))``), before the sequence hands out ids, and holds it until commit: the inserts
-of one topic commit one at a time and in id order (different topics still write in parallel).
-Anything else that writes to the table must do the same: use :func:`insert_events`. SQLite
-serialises writers by itself.
+hashtext(topic))``, :data:`adapters._postgres.TOPIC_LOCK`), before the sequence hands out
+ids, and holds it until commit: the inserts of one topic commit one at a time and in id order
+(different topics still write in parallel). Anything else that writes to the table must do
+the same: use :func:`insert_events` (every writer of events goes through the one statement of
+:mod:`adapters._statements`). SQLite serialises writers by itself.
 
-**Wake-ups.** A send wakes the waiting receivers of this process at once (through a notifier
-shared by every ``SQLStreamer`` on the same database URL). On PostgreSQL the insert transaction
-also does ``pg_notify(channel, topic)`` and each ``SQLStreamer`` LISTENs on one connection of
-its own (opened lazily by its first waiting receiver), so receivers in other processes wake at
-once too. Polling every ``poll_frequency`` seconds is only the fallback (and the way SQLite
-receivers in other OS processes learn of new events).
+**Wake-ups.** A send wakes the waiting receivers of this process at once (through the
+notifier every ``SQLStreamer`` on the same engine shares, kept by the engine's
+:class:`~adapters._sqlengine.EngineShared`). On PostgreSQL the insert transaction also does
+``pg_notify(channel, topic)`` and each ``SQLStreamer`` LISTENs on one connection of its own
+(opened lazily by its first waiting receiver), so receivers in other processes (and on other
+engines) wake at once too. Polling every ``poll_frequency`` seconds is only the fallback (and
+the way SQLite receivers on other engines or in other OS processes learn of new events).
 
 **Acks** are coalesced: a receiver writes its cursor at most every ``ack_interval`` seconds
 (a timer writes the last ack of a burst), before it waits for new events, and on ``close()``.
@@ -38,9 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import secrets
 import weakref
 from collections import deque
 from collections.abc import Coroutine, Sequence
@@ -54,10 +54,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from workflow import Event
 from workflow.abc import Ack, Clock, RealClock
 
-from ._fastsql import Statement, db_time, execute, fetch, from_db_time
+from . import _statements
 from ._lograte import Throttle
+from ._postgres import LOCK_NAMESPACE, lock_params
 from ._schemacheck import check_schema
+from ._sqlengine import TopicHub, shared
 from ._sqlsetup import prepare
+from ._statements import FETCH_EVENTS, MOVE_CURSOR, EventTuple, event_from, event_rows
 from .sqlschema import cursors, events
 
 __all__ = [
@@ -72,25 +75,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 _throttled = Throttle(log)
 
-LOCK_NAMESPACE = 0x776B666C
-"""First key of the PostgreSQL advisory lock that serialises the inserts of one topic."""
-
 DEFAULT_CHANNEL = "workflow_events"
 """The PostgreSQL NOTIFY channel; the payload is the topic."""
 
 _MIN_POLL = 0.005
-
-_FETCH = Statement(
-    """SELECT id, foreign_id, type, CAST(headers AS TEXT), created_at FROM workflow_events
-    WHERE topic = :topic AND id > :after ORDER BY id LIMIT :limit"""
-)
-_MOVE_CURSOR = Statement(
-    """UPDATE workflow_cursors SET position = :position, updated_at = :updated_at
-    WHERE topic = :topic AND name = :name AND position < :position"""
-)
-
-EventTuple = tuple[str, int, dict[str, str]]
-"""``(foreign_id, status_type, headers)``: one event for :meth:`SQLSender.send_many`."""
 
 
 async def insert_events(
@@ -108,79 +96,14 @@ async def insert_events(
     woken (:class:`SQLSender` does that)."""
     if not batch:
         return
-    if conn.dialect.name == "postgresql":
-        lock = sa.func.pg_advisory_xact_lock(LOCK_NAMESPACE, sa.func.hashtext(topic))
-        await conn.execute(sa.select(lock, sa.func.pg_notify(channel, payload or topic)))
-    await conn.execute(
-        events.insert(),
-        [
-            {
-                "topic": topic,
-                "foreign_id": foreign_id,
-                "type": int(status_type),
-                "headers": json.dumps(headers, separators=(",", ":"), ensure_ascii=False).encode(),
-                "created_at": now,
-            }
-            for foreign_id, status_type, headers in batch
-        ],
-    )
+    db = shared(conn.engine)
+    rows = event_rows(topic, batch, now, db.encode_time)
+    await _statements.insert_events(conn, rows, lock_params(topic, channel, payload))
 
 
-class _Hub:
-    """Wakes this process's receivers waiting on a topic; one per database URL.
-
-    Its ``token`` marks the NOTIFYs of sends made through it (payload ``topic + "\\x1f" +
-    token``): they woke its receivers already, so its LISTEN connections ignore them (each
-    would cost a receiver an empty read). A NOTIFY without a token (a plain topic, as
-    :func:`insert_events` sends by default) always wakes."""
-
-    def __init__(self) -> None:
-        self.token = secrets.token_hex(6)
-        self._futs: dict[str, dict[asyncio.AbstractEventLoop, asyncio.Future[None]]] = {}
-
-    def waiter(self, topic: str) -> asyncio.Future[None]:
-        """A future resolved by the next :meth:`wake` of ``topic``. Take it *before* looking
-        for events, so an event committed in between is not missed."""
-        loop = asyncio.get_running_loop()
-        per_loop = self._futs.setdefault(topic, {})
-        fut = per_loop.get(loop)
-        if fut is None or fut.done():
-            fut = per_loop[loop] = loop.create_future()
-        return fut
-
-    def wake(self, topic: str) -> None:
-        per_loop = self._futs.pop(topic, None)
-        if not per_loop:
-            return
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        for loop, fut in per_loop.items():
-            if loop is running:
-                _resolve(fut)
-            elif not loop.is_closed():
-                loop.call_soon_threadsafe(_resolve, fut)
-
-    def wake_all(self) -> None:
-        for topic in list(self._futs):
-            self.wake(topic)
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-_hubs: weakref.WeakValueDictionary[str, _Hub] = weakref.WeakValueDictionary()
-
-
-def _hub_for(engine: AsyncEngine) -> _Hub:
-    key = engine.url.render_as_string(hide_password=True)
-    hub = _hubs.get(key)
-    if hub is None:
-        hub = _hubs[key] = _Hub()
-    return hub
+def _hub_for(engine: AsyncEngine) -> TopicHub:
+    """The wake-ups of this process's receivers on ``engine`` (tests replace it)."""
+    return shared(engine).topics
 
 
 class SQLStreamer:
@@ -212,7 +135,8 @@ class SQLStreamer:
         self._ack_interval = ack_interval
         self._prune_every = prune_every
         self._channel = channel
-        self._pg = engine.dialect.name == "postgresql"
+        self._db = shared(engine)
+        self._pg = self._db.postgres
         self._hub = _hub_for(engine)
         self._sent: dict[str, int] = {}
         self._receivers: weakref.WeakSet[SQLReceiver] = weakref.WeakSet()
@@ -376,17 +300,16 @@ class SQLStreamer:
 
     async def _fetch(self, topic: str, after: int) -> list[Event]:
         params = {"topic": topic, "after": after, "limit": self._batch}
-        rows = await fetch(self._engine, _FETCH, params)
-        return [Event(int(r[0]), r[1], r[2], json.loads(r[3]), from_db_time(r[4])) for r in rows]
+        return [event_from(r) for r in await self._db.fetch(FETCH_EVENTS, params)]
 
     async def _write_cursor(self, topic: str, name: str, position: int) -> None:
         params = {
             "topic": topic,
             "name": name,
             "position": position,
-            "updated_at": db_time(self._clock.now(), self._pg),
+            "updated_at": self._db.encode_time(self._clock.now()),
         }
-        await execute(self._engine, _MOVE_CURSOR, params)
+        await self._db.execute(MOVE_CURSOR, params)
 
     async def _listen(self) -> None:
         """Make sure this streamer LISTENs (PostgreSQL); on failure fall back to polling."""

@@ -18,6 +18,7 @@ from workflow import (
     RunState,
     WorkflowInProgressError,
 )
+from workflow.adapters._sqlengine import shared
 from workflow.adapters.adaptertest import run_record_store_test
 from workflow.adapters.sqlschema import history, outbox, records
 from workflow.adapters.sqlstore import SQLRecordStore
@@ -145,10 +146,8 @@ async def test_concurrent_stores_are_applied_or_refused_each_on_its_own(
 async def test_a_store_cancelled_before_it_is_written_writes_nothing(
     sqlite_engine: AsyncEngine,
 ) -> None:
-    from workflow.adapters._fastsql import sqlite_writer
-
     store = SQLRecordStore(sqlite_engine)
-    lock = sqlite_writer(sqlite_engine)
+    lock = shared(sqlite_engine).writer().lock
     await lock.acquire()  # the group writer takes the first store, then waits for the lock
     first = asyncio.ensure_future(store.store(_record("a", "ra")))
     for _ in range(5):

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from workflow import Event
 from workflow.adapters import sqlstreamer
+from workflow.adapters._sqlengine import TopicHub
 from workflow.adapters.adaptertest import run_event_streamer_test
 from workflow.adapters.sqlschema import cursors, events, make_engine
 from workflow.adapters.sqlstreamer import SQLReceiver, SQLStreamer, insert_events
@@ -220,34 +221,32 @@ async def test_cursor_never_moves_backwards(sql_engine: AsyncEngine, make: Make)
 # -- wake-ups --------------------------------------------------------------------------------
 
 
-async def test_send_wakes_receivers_of_this_process_at_once(
+async def test_send_wakes_receivers_of_this_engine_at_once(
     sql_engine: AsyncEngine, make: Make
 ) -> None:
+    """Every streamer on one engine (also on one made from it by ``execution_options``)
+    shares its wake-ups. Another engine on the same database is what another process would
+    have: woken by NOTIFY (next test), or by polling on SQLite."""
     # different NOTIFY channels: on PostgreSQL only the in-process wake-up can do it
     topic = new_topic()
     sending = make(sql_engine, channel="sender_only")
-    other = await second_engine(sql_engine)
-    try:
-        for engine in (sql_engine, other):
-            streamer = make(engine, poll_frequency=30, channel="receiver_only")
-            receiver = await streamer.new_receiver(
-                topic, f"r-{id(engine)}", stream_from_latest=True
-            )
-            task = asyncio.ensure_future(receiver.recv())
-            await waiting(receiver)
-            await send(sending, topic, "wake")
-            event, ack = await asyncio.wait_for(task, 1)
-            assert event.foreign_id == "wake"
-            await ack()
-            await streamer.close()
-    finally:
-        await other.dispose()
+    derived = sql_engine.execution_options(logging_token="derived")
+    for n, engine in enumerate((sql_engine, derived)):
+        streamer = make(engine, poll_frequency=30, channel="receiver_only")
+        receiver = await streamer.new_receiver(topic, f"r-{n}", stream_from_latest=True)
+        task = asyncio.ensure_future(receiver.recv())
+        await waiting(receiver)
+        await send(sending, topic, "wake")
+        event, ack = await asyncio.wait_for(task, 1)
+        assert event.foreign_id == "wake"
+        await ack()
+        await streamer.close()
 
 
 async def test_notify_wakes_a_receiver_of_another_engine(
     pg_engine: AsyncEngine, make: Make, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlstreamer, "_hub_for", lambda engine: sqlstreamer._Hub())
+    monkeypatch.setattr(sqlstreamer, "_hub_for", lambda engine: TopicHub())
     other = await second_engine(pg_engine)
     try:
         topic = new_topic()
@@ -270,7 +269,7 @@ async def test_notify_wakes_a_receiver_of_another_engine(
 async def test_lost_listen_connection_is_replaced(
     pg_engine: AsyncEngine, make: Make, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlstreamer, "_hub_for", lambda engine: sqlstreamer._Hub())
+    monkeypatch.setattr(sqlstreamer, "_hub_for", lambda engine: TopicHub())
     topic = new_topic()
     sending = make(pg_engine)
     streamer = make(pg_engine, poll_frequency=30)
