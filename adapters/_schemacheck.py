@@ -21,11 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from . import _postgres, _sqlite
 from ._sqlengine import EngineShared, shared
 from ._sqlsetup import SchemaError
-from .sqlschema import metadata, reading, records
+from .sqlschema import history, metadata, reading, records
 
 __all__ = ["SCHEMA_REVISION", "check_schema"]
 
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 """The alembic revision (``migrations/versions``) these adapters need: the head."""
 
 UNIQUE_INDEX = "uq_workflow_records_unfinished"
@@ -60,12 +60,21 @@ async def _check(engine: AsyncEngine) -> None:
         else:
             tables, index = await _sqlite.schema_facts(conn, UNIQUE_INDEX)
         revision = await _revision(conn, "alembic_version" in tables)
-    problems = [f"table {name} is missing" for name in metadata.tables if name not in tables]
+        problems = [f"table {name} is missing" for name in metadata.tables if name not in tables]
+        for name in (records.name, history.name):  # the columns added by later migrations
+            if name in tables:
+                problems += await _column_problems(conn, metadata.tables[name])
     if "workflow_records" in tables:
         problems += _index_problems(index)
     if not problems:
         return
     raise SchemaError(_message(engine, problems, revision))
+
+
+async def _column_problems(conn: AsyncConnection, table: sa.Table) -> list[str]:
+    result = await conn.execute(sa.text(f"SELECT * FROM {table.name} WHERE 1 = 0"))
+    have = set(result.keys())
+    return [f"column {table.name}.{c.name} is missing" for c in table.columns if c.name not in have]
 
 
 def _index_problems(index: str | None) -> list[str]:

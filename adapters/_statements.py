@@ -95,6 +95,9 @@ def record_row(record: Record, time: TimeCodec) -> dict[str, Any]:
         "updated_at": time(record.updated_at),
         "run_state_reason": meta.run_state_reason,
         "status_description": meta.status_description,
+        "attempt": meta.attempt,
+        "retry_at": None if meta.retry_at is None else time(meta.retry_at),
+        "paused_by": meta.paused_by,
         "prev": meta.version - 1,
     }
     if meta.version == 1:
@@ -104,6 +107,7 @@ def record_row(record: Record, time: TimeCodec) -> dict[str, Any]:
             foreign_key=foreign_key(record.workflow_name, record.foreign_id),
             created_at=time(record.created_at),
             trace_origin=meta.trace_origin,
+            idempotency_key=meta.idempotency_key,
         )
     return row
 
@@ -125,7 +129,8 @@ _RECORD_FIELDS = itemgetter(
         for n in (
             *("workflow_name", "foreign_id", "run_id", "run_state", "status", "object"),
             *("created_at", "updated_at", "run_state_reason", "status_description"),
-            *("version", "trace_origin"),
+            *("version", "trace_origin", "attempt", "retry_at", "paused_by"),
+            "idempotency_key",
         )
     )
 )
@@ -146,6 +151,10 @@ def record_from(row: Sequence[Any]) -> Record:
         status_description,
         version,
         trace_origin,
+        attempt,
+        retry_at,
+        paused_by,
+        idempotency_key,
     ) = _RECORD_FIELDS(row)
     return Record(
         workflow_name=workflow_name,
@@ -161,6 +170,10 @@ def record_from(row: Sequence[Any]) -> Record:
             status_description=status_description,
             version=version,
             trace_origin=trace_origin,
+            attempt=attempt,
+            retry_at=None if retry_at is None else decode_time(retry_at),
+            paused_by=paused_by,
+            idempotency_key=idempotency_key,
         ),
     )
 

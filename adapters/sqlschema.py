@@ -142,6 +142,8 @@ def foreign_key(workflow_name: str, foreign_id: str) -> str:
 _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 """Auto-increment ids: SQLite only auto-increments ``INTEGER PRIMARY KEY``."""
 
+_RETRYING = "retry_at IS NOT NULL"
+_KEYED = "idempotency_key IS NOT NULL"
 _UNFINISHED = "run_state IN (1, 2, 3)"  # Initiated, Running, Paused
 
 metadata = sa.MetaData()
@@ -163,6 +165,10 @@ records = sa.Table(
     sa.Column("run_state_reason", sa.Text(), nullable=False, server_default=""),
     sa.Column("status_description", sa.Text(), nullable=False, server_default=""),
     sa.Column("trace_origin", sa.Text(), nullable=False, server_default=""),
+    sa.Column("attempt", sa.Integer(), nullable=False, server_default="1"),
+    sa.Column("retry_at", UTCDateTime(), nullable=True),
+    sa.Column("paused_by", sa.Text(), nullable=False, server_default=""),
+    sa.Column("idempotency_key", sa.String(255), nullable=True),
     sa.UniqueConstraint("run_id", name="uq_workflow_records_run_id"),
     sa.Index("ix_workflow_records_key", "foreign_key", "id"),
     sa.Index("ix_workflow_records_workflow", "workflow_name", "id"),
@@ -174,6 +180,24 @@ records = sa.Table(
         unique=True,
         sqlite_where=sa.text(_UNFINISHED),
         postgresql_where=sa.text(_UNFINISHED),
+    ),
+    # Due retries, found by the retry process of each status.
+    sa.Index(
+        "ix_workflow_records_retry_due",
+        "workflow_name",
+        "status",
+        "retry_at",
+        sqlite_where=sa.text(_RETRYING),
+        postgresql_where=sa.text(_RETRYING),
+    ),
+    # An idempotency key names one run of a workflow, for as long as the run's row exists.
+    sa.Index(
+        "uq_workflow_records_idempotency_key",
+        "workflow_name",
+        "idempotency_key",
+        unique=True,
+        sqlite_where=sa.text(_KEYED),
+        postgresql_where=sa.text(_KEYED),
     ),
 )
 
@@ -188,6 +212,9 @@ history = sa.Table(
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Column("run_state_reason", sa.Text(), nullable=False, server_default=""),
     sa.Column("status_description", sa.Text(), nullable=False, server_default=""),
+    sa.Column("attempt", sa.Integer(), nullable=False, server_default="1"),
+    sa.Column("retry_at", UTCDateTime(), nullable=True),
+    sa.Column("paused_by", sa.Text(), nullable=False, server_default=""),
 )
 
 outbox = sa.Table(
@@ -215,6 +242,7 @@ timeouts = sa.Table(
     sa.Column("expire_at", UTCDateTime(), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Index("ix_workflow_timeouts_due", "workflow_name", "status", "completed", "expire_at"),
+    sa.Index("ix_workflow_timeouts_run", "run_id", "status"),
 )
 
 events = sa.Table(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import builtins
 import sqlite3
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,9 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from workflow import (
     ConcurrentUpdateError,
+    IdempotencyKeyUsedError,
     OutboxEvent,
     Record,
     RecordNotFoundError,
+    RunState,
     WorkflowInProgressError,
 )
 from workflow.abc import Clock, Filter, Header, Order, make_outbox_event
@@ -140,7 +143,10 @@ class SQLRecordStore:
                     lock=lock_params(tp, streamer.channel, streamer.notify_payload(tp)),
                 )
         except Exception as err:
-            raise self._refused(err, record) if _unique_violation(err) else err from None
+            if not _unique_violation(err):
+                raise
+            used = await self._key_holder(record)
+            raise (used or self._refused(err, record)) from None
         finally:
             if streamer is not None:
                 await streamer.published(tp, 1)  # after a failure: one spurious wake-up
@@ -158,6 +164,56 @@ class SQLRecordStore:
             f"foreign id {record.foreign_id!r} of workflow {record.workflow_name!r} has an "
             "unfinished run; wait for it to finish or cancel it"
         )
+
+    async def _key_holder(self, record: Record) -> IdempotencyKeyUsedError | None:
+        """The error for a new run whose idempotency key another run holds, else None."""
+        key = record.meta.idempotency_key
+        if record.meta.version != 1 or key is None:
+            return None
+        query = sa.select(records.c.run_id).where(
+            records.c.workflow_name == record.workflow_name, records.c.idempotency_key == key
+        )
+        async with reading(self.engine) as conn:
+            holder = (await conn.execute(query)).scalar()
+        if holder is None:
+            return None
+        return IdempotencyKeyUsedError(
+            f"run {holder} of workflow {record.workflow_name!r} already has idempotency key "
+            f"{key!r}",
+            holder,
+        )
+
+    # -- retries and counts ---------------------------------------------------------------
+
+    async def due_retries(
+        self, workflow_name: str, status: int, now: datetime, limit: int
+    ) -> builtins.list[Record]:
+        query = (
+            select_records()
+            .where(
+                records.c.workflow_name == workflow_name,
+                records.c.status == int(status),
+                records.c.retry_at.is_not(None),
+                records.c.retry_at <= now,
+                records.c.run_state.in_((int(RunState.INITIATED), int(RunState.RUNNING))),
+            )
+            .order_by(records.c.retry_at, records.c.id)
+            .limit(limit)
+        )
+        async with reading(self.engine) as conn:
+            rows = (await conn.execute(query)).all()
+        return [record_from(r) for r in rows]
+
+    async def unfinished_by_status(self, workflow_name: str) -> dict[int, int]:
+        """How many initiated, running or paused runs each status has (one statement)."""
+        unfinished = (int(RunState.INITIATED), int(RunState.RUNNING), int(RunState.PAUSED))
+        query = (
+            sa.select(records.c.status, sa.func.count())
+            .where(records.c.workflow_name == workflow_name, records.c.run_state.in_(unfinished))
+            .group_by(records.c.status)
+        )
+        async with reading(self.engine) as conn:
+            return {int(status): int(n) for status, n in await conn.execute(query)}
 
     # -- reads ----------------------------------------------------------------------------
 

@@ -414,6 +414,28 @@ async def test_a_non_unique_index_is_refused(sql_engine: AsyncEngine) -> None:
         await SQLTimeoutStore(sql_engine).create("wf", "f", "r", 1, datetime.now(UTC))
 
 
+async def test_a_database_without_the_failure_handling_columns_is_refused(
+    sql_engine: AsyncEngine,
+) -> None:
+    """A database at migration 0001 (no attempt, retry_at ... columns) is refused with the
+    migration to apply, before any write, instead of failing each write."""
+    await _execute(sql_engine, "ALTER TABLE workflow_record_history DROP COLUMN paused_by")
+    with pytest.raises(SchemaError, match="column workflow_record_history.paused_by is missing"):
+        await SQLRecordStore(sql_engine).store(
+            Record(
+                workflow_name="wf",
+                foreign_id="f",
+                run_id=str(uuid.uuid4()),
+                run_state=RunState.INITIATED,
+                status=1,
+                object=b"{}",
+                created_at=datetime.now(UTC),
+                updated_at=datetime.now(UTC),
+                meta=Meta(version=1),
+            )
+        )
+
+
 async def test_a_missing_table_is_refused(sql_engine: AsyncEngine) -> None:
     await _execute(sql_engine, "DROP TABLE workflow_events")
     streamer = SQLStreamer(sql_engine)
