@@ -420,7 +420,7 @@ async def test_a_database_without_the_failure_handling_columns_is_refused(
     """A database at migration 0001 (no attempt, retry_at ... columns) is refused with the
     migration to apply, before any write, instead of failing each write."""
     await _execute(sql_engine, "ALTER TABLE workflow_record_history DROP COLUMN paused_by")
-    with pytest.raises(SchemaError, match="column workflow_record_history.paused_by is missing"):
+    with pytest.raises(SchemaError, match=r"column workflow_record_history\.paused_by is missing"):
         await SQLRecordStore(sql_engine).store(
             Record(
                 workflow_name="wf",
