@@ -310,3 +310,34 @@ async def test_a_trigger_with_a_used_key_returns_the_first_run(backend: Backend)
     assert len(runs) == 3
     with pytest.raises(ValueError):
         await wf.trigger("order-9", idempotency_key="")
+
+
+async def test_a_status_with_a_failing_step_and_a_timer_arms_the_timer_once(
+    backend: Backend,
+) -> None:
+    """The step's failed attempts write versions at the same status: the timer is armed
+    once, from the arrival, whichever of the two consumers runs first."""
+    charger = Charger("fail")
+    b = Builder[Payment, Pay]("step and timer")
+    b.add_step(Pay.STARTED, charger, Pay.CHARGED).with_options(
+        retry=RetryPolicy(initial_backoff=timedelta(seconds=10))
+    )
+    b.add_timeout(Pay.STARTED, duration_timer(HOUR), lambda run, now: Pay.FAILED, Pay.FAILED)
+    wf = backend.build(b, pause_retry=None)
+    store = wf._engine.timeout_store
+    assert store is not None
+    arrived = backend.clock.now()
+    async with wf:
+        rid = await wf.trigger("both")
+        await await_timeout_insert(wf, "both", rid, Pay.STARTED, timeout=10)
+        for attempt in (2, 3):
+            await wait_for(wf, "both", is_retrying(attempt), timeout=10)
+            backend.clock.step(timedelta(seconds=10))
+        await wait_for(wf, "both", is_retrying(4), timeout=10)
+        await asyncio.sleep(0.2)  # any late arming would have happened by now
+        timers = [t for t in await store.list("step and timer") if t.run_id == rid]
+        assert [t.expire_at for t in timers] == [arrived + HOUR]
+        backend.clock.set(arrived + HOUR)
+        failed = await wf.await_("both", rid, Pay.FAILED, timeout=10)
+    assert failed.meta.retry_at is None and failed.meta.attempt == 1
+    assert [t for t in await store.list("step and timer") if t.run_id == rid] == []

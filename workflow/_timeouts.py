@@ -196,7 +196,10 @@ def _poller(
             if not await wf.apply(record, run, result):
                 proc.skip("next value specified skip")
         except ConcurrentUpdateError:
+            # The run changed meanwhile (e.g. its step's retry wrote a version): the timer
+            # stays, and fires against the run as it is now at the next look.
             proc.skip("record modified concurrently")
+            return
         except Exception as err:
             proc.errors.inc()
             ctx = {
