@@ -224,3 +224,9 @@ async def test_timers_count_from_arrival_and_go_when_the_run_leaves(backend: Bac
 
 async def test_a_trigger_with_a_used_key_returns_the_first_run(backend: Backend) -> None:
     await fh.test_a_trigger_with_a_used_key_returns_the_first_run(backend)
+
+
+async def test_a_status_with_a_failing_step_and_a_timer_arms_the_timer_once(
+    backend: Backend,
+) -> None:
+    await fh.test_a_status_with_a_failing_step_and_a_timer_arms_the_timer_once(backend)
