@@ -11,7 +11,17 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from examples import callback, connector, deadletter, gettingstarted, payout, schedule, timeout
+from examples import (
+    approval,
+    callback,
+    connector,
+    deadletter,
+    gettingstarted,
+    payout,
+    polling,
+    schedule,
+    timeout,
+)
 from workflow import ConnectorEvent, RunState, TypedRecord, Workflow
 from workflow.adapters.memrecordstore import MemRecordStore
 from workflow.adapters.memrolescheduler import MemRoleScheduler
@@ -359,3 +369,17 @@ async def test_a_dead_letter_stays_paused_until_the_operator_resumes_it(
     registry: CollectorRegistry,
 ) -> None:
     assert await deadletter.main(metrics_registry=registry) == ["paid"]
+
+
+# -- composition scenarios (issue 12's examples that need no new feature) -------------------
+
+
+async def test_approval_escalates_then_expires(registry: CollectorRegistry) -> None:
+    outcome = await approval.main(metrics_registry=registry)
+    assert outcome == {"quick": "APPROVED", "late": "APPROVED", "ignored": "EXPIRED"}
+
+
+async def test_polling_backs_off_until_done_or_the_deadline(registry: CollectorRegistry) -> None:
+    outcome = await polling.main(metrics_registry=registry)
+    # fast: done at its third check; slow: 10 s, 20 s, ... 5 min apart until the 1 h deadline
+    assert outcome == {"fast": ("DONE", 3), "slow": ("TIMED_OUT", 16)}
