@@ -8,7 +8,8 @@ Scale: ``KILLS`` = 50 kills during ``RUNS`` = 1,000 runs per test, as the issue 
 40-50 s each on the 2-core test machine); ``WORKFLOW_FAULT_KILLS`` / ``WORKFLOW_FAULT_RUNS``
 change them, ``WORKFLOW_FAULT_SEED`` replays a seed (the seed is in every failure message).
 Each kill happens while runs are still unfinished (asserted at the last kill), at a random
-moment (0.05-0.5 s after the previous kill and the next batch of triggers), of a random running
+moment (0.05-0.5 s after the previous kill and the next batch of triggers; the last kill right
+after the last batch, so that it always meets unfinished work), of a random running
 worker; its replacement is a warm spare process (imported in advance, it starts its workflow
 only when it replaces the killed one), so start-up time does not stall the kill loop. A killed
 worker's roles are taken over when its 1 s lease runs out. These two tests get a 200 s time
@@ -75,7 +76,9 @@ async def crash_under_load(url: str, schema: str, kafka: str | None) -> None:
             for i in range(k * batch, RUNS if k == KILLS - 1 else (k + 1) * batch):
                 await wf.trigger(f"order-{i}")
             # ... and at a random moment a random running worker dies ...
-            await asyncio.sleep(rng.uniform(0.05, 0.5))
+            pause = rng.uniform(0.05, 0.5)
+            if k < KILLS - 1:  # the last kill comes at once: its batch is still in flight
+                await asyncio.sleep(pause)
             ready = [w for w in workers if w.alive_and_ready()]
             while not ready:  # every live worker is still starting: wait for one
                 await asyncio.wait([w.ready for w in workers], return_when="FIRST_COMPLETED")
