@@ -16,6 +16,7 @@ from examples import (
     callback,
     connector,
     deadletter,
+    dispatch,
     gettingstarted,
     payout,
     polling,
@@ -383,3 +384,16 @@ async def test_polling_backs_off_until_done_or_the_deadline(registry: CollectorR
     outcome = await polling.main(metrics_registry=registry)
     # fast: done at its third check; slow: 10 s, 20 s, ... 5 min apart until the 1 h deadline
     assert outcome == {"fast": ("DONE", 3), "slow": ("TIMED_OUT", 16)}
+
+
+async def test_dispatch_routes_delays_and_dead_letters_only_the_failing_event(
+    registry: CollectorRegistry,
+) -> None:
+    outcome = await dispatch.main(metrics_registry=registry)
+    assert outcome == {
+        "ev-1": "sent",
+        "ev-2": "sent",
+        "ev-3": "sent",
+        "ev-4": "sent",
+        "ev-5": "dead letter",
+    }
