@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from workflow import Builder, ProcessOptions, RetryPolicy, Run
+from workflow import Builder, NonRetryableError, ProcessOptions, RetryPolicy, Run
 
 from .support import Obj, Status, build
 
@@ -35,6 +35,7 @@ def test_attempts_run_out_after_max_attempts() -> None:
     assert [p.exhausted(n) for n in (1, 2, 3)] == [False, False, True]
     assert RetryPolicy(non_retryable=(KeyError,)).gives_up_on(KeyError("x"))
     assert not RetryPolicy(non_retryable=KeyError).gives_up_on(ValueError("x"))
+    assert RetryPolicy().gives_up_on(NonRetryableError("declined"))
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,15 @@ from ._runstate import RunState
 if TYPE_CHECKING:
     from ._engine import Engine
 
-__all__ = ["AUTO_PAUSE_REASON", "DueTimes", "attempt", "retry_process", "sleep_or_wake"]
+__all__ = [
+    "AUTO_PAUSE_REASON",
+    "DueTimes",
+    "give_up",
+    "run_context",
+    "attempt",
+    "retry_process",
+    "sleep_or_wake",
+]
 
 Work = Callable[[Process, Run[Any, Any]], Awaitable[None]]
 
@@ -85,19 +93,26 @@ async def attempt(
         return False
 
 
+def run_context(
+    wf: Engine[Any, Any], proc: Process, record: Record, attempt: int
+) -> dict[str, Any]:
+    """The log context of a failed attempt of a run."""
+    return {
+        "process": proc.name,
+        "foreign_id": record.foreign_id,
+        "run_id": record.run_id,
+        "status": wf.status_name(record.status),
+        "attempt": attempt,
+    }
+
+
 async def failed(
     wf: Engine[Any, Any], proc: Process, record: Record, err: Exception, policy: RetryPolicy
 ) -> None:
     """Attempt ``record.meta.attempt`` failed with ``err``: schedule the next one, or give up."""
     n = record.meta.attempt
-    ctx = {
-        "process": proc.name,
-        "foreign_id": record.foreign_id,
-        "run_id": record.run_id,
-        "status": wf.status_name(record.status),
-        "attempt": n,
-    }
-    non_retryable = isinstance(err, NonRetryableError) or policy.gives_up_on(err)
+    ctx = run_context(wf, proc, record, n)
+    non_retryable = policy.gives_up_on(err)
     if not non_retryable and not policy.exhausted(n):
         due = wf.clock.now() + policy.backoff(n)
         new = wf.next_version(record, run_state=record.run_state, attempt=n + 1, retry_at=due)

@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from ._clock import as_timedelta
+from ._errors import NonRetryableError
 
 __all__ = ["EXHAUSTED_ACTIONS", "PausedBy", "RetryPolicy", "shorthand_policy"]
 
@@ -117,7 +118,10 @@ class RetryPolicy:
         return self.max_attempts is not None and attempt >= self.max_attempts
 
     def gives_up_on(self, err: BaseException) -> bool:
-        """Whether ``err`` is not retried (one of ``non_retryable``)."""
+        """Whether ``err`` is not retried: a :class:`NonRetryableError` or one of
+        ``non_retryable``."""
+        if isinstance(err, NonRetryableError):
+            return True
         return bool(self.non_retryable) and isinstance(err, self.non_retryable)
 
 

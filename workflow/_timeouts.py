@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from ._adapters import RecordHistory
 from ._consumers import StaleRecordError
-from ._errors import ConcurrentUpdateError, NonRetryableError, RecordNotFoundError
+from ._errors import ConcurrentUpdateError, RecordNotFoundError
 from ._options import ProcessOptions, retry_policy, timeout_seconds
 from ._options import resolved as _opt
 from ._process import Process, consume, event_time
 from ._record import Event, Header, Record, TimeoutRecord, topic
-from ._retries import give_up, sleep_or_wake
+from ._retries import give_up, run_context, sleep_or_wake
 from ._retry import RetryPolicy
 from ._usercode import call_user
 
@@ -116,12 +116,12 @@ def _inserter(
             # Retried in place (the timers are not armed yet); the error counter counts the
             # attempts, and the policy gives up as for a step.
             n = wf.error_counter.add(proc.name, record.run_id)
-            non_retryable = isinstance(err, NonRetryableError) or policy.gives_up_on(err)
+            non_retryable = policy.gives_up_on(err)
             if not non_retryable and not policy.exhausted(n):
                 raise
             wf.error_counter.clear(proc.name, record.run_id)
             proc.errors.inc()
-            ctx = {"process": proc.name, "run_id": record.run_id, "attempt": n}
+            ctx = run_context(wf, proc, record, n)
             await give_up(wf, proc, record, err, policy, non_retryable, ctx)
             return
         wf.error_counter.clear(proc.name, record.run_id)
@@ -202,14 +202,8 @@ def _poller(
             return
         except Exception as err:
             proc.errors.inc()
-            ctx = {
-                "process": proc.name,
-                "foreign_id": record.foreign_id,
-                "run_id": record.run_id,
-                "status": wf.status_name(record.status),
-                "attempt": n,
-            }
-            non_retryable = isinstance(err, NonRetryableError) or policy.gives_up_on(err)
+            ctx = run_context(wf, proc, record, n)
+            non_retryable = policy.gives_up_on(err)
             if not non_retryable and not policy.exhausted(n):
                 due = clock.now() + policy.backoff(n)
                 failed[timeout.id] = (due, n + 1)
