@@ -44,6 +44,7 @@ __all__ = [
     "delete_process",
     "hook_processes",
     "load_for_event",
+    "lookup_for_event",
     "outbox_process",
     "pause_retry_process",
     "resumed",
@@ -68,26 +69,39 @@ def _role(wf: Engine[Any, Any], name: str) -> str:
 # -- shared event handling ---------------------------------------------------------------
 
 
-async def load_for_event(
-    wf: Engine[Any, Any], proc: Process, event: Event, status: int
-) -> Record | None:
-    """The run an event is about, or None (skipped) when the event is stale, the run is
-    stopped or elsewhere, or its retry is scheduled (the retry process owns it then).
-    Raises :class:`StaleRecordError` when the store lags the event."""
+async def lookup_for_event(
+    wf: Engine[Any, Any], proc: Process, event: Event
+) -> tuple[Record, int] | None:
+    """The run a status event is about, as stored now, with the version the event announced;
+    None (skipped) when there is no such run. Raises :class:`StaleRecordError` when the
+    store lags the event (it has an older version than the event's)."""
     try:
         record = await wf.store.lookup(event.foreign_id)
     except RecordNotFoundError:
         proc.skip("record not found")
         return None
     version = int(event.headers.get(Header.RECORD_VERSION) or 0)
-    if record.meta.version > version:
-        proc.skip("event record version lower than latest record version")
-        return None
     if record.meta.version < version:
         raise StaleRecordError(
             f"stale record lookup: run {record.run_id} is at version {record.meta.version} "
             f"but the event is for version {version}"
         )
+    return record, version
+
+
+async def load_for_event(
+    wf: Engine[Any, Any], proc: Process, event: Event, status: int
+) -> Record | None:
+    """The run an event is about, or None (skipped) when the event is stale, the run is
+    stopped or elsewhere, or its retry is scheduled (the retry process owns it then).
+    Raises :class:`StaleRecordError` when the store lags the event."""
+    found = await lookup_for_event(wf, proc, event)
+    if found is None:
+        return None
+    record, version = found
+    if record.meta.version > version:
+        proc.skip("event record version lower than latest record version")
+        return None
     if record.run_state.stopped:
         proc.skip("record stopped")
         wf.log.debug(

@@ -9,12 +9,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ._adapters import RecordHistory
-from ._consumers import StaleRecordError
+from ._consumers import lookup_for_event
 from ._errors import ConcurrentUpdateError, RecordNotFoundError
 from ._options import ProcessOptions, retry_policy, timeout_seconds
 from ._options import resolved as _opt
 from ._process import Process, consume, event_time
-from ._record import Event, Header, Record, TimeoutRecord, topic
+from ._record import Event, Record, TimeoutRecord, topic
 from ._retries import give_up, run_context, sleep_or_wake
 from ._retry import RetryPolicy
 from ._usercode import call_user
@@ -41,30 +41,25 @@ def _role(wf: Engine[Any, Any], status: int, suffix: str) -> str:
     return f"{wf.name.replace(' ', '_')}-{status}-{suffix}"
 
 
-async def _entry(wf: Engine[Any, Any], proc: Process, event: Event, status: int) -> Record | None:
-    """The run, when ``event`` announced its arrival at ``status`` and it is still there
-    (not stopped), else None. The arrival is the event's version, or an earlier version of
-    a run whose later versions (same status) only scheduled retries: each of those adds one
-    to both the version and ``meta.attempt``. Raises :class:`StaleRecordError` when the
-    store lags the event."""
-    try:
-        record = await wf.store.lookup(event.foreign_id)
-    except RecordNotFoundError:
-        proc.skip("record not found")
+async def _entry(
+    wf: Engine[Any, Any], proc: Process, event: Event, status: int
+) -> tuple[Record, int] | None:
+    """The run and the event's version, when ``event`` announced its arrival at ``status``
+    and it is still there (not stopped), else None. The arrival is the event's version, or
+    an earlier version of a run whose later versions (same status) only scheduled retries:
+    each of those adds one to both the version and ``meta.attempt``. Raises
+    :class:`StaleRecordError` when the store lags the event."""
+    found = await lookup_for_event(wf, proc, event)
+    if found is None:
         return None
-    version = int(event.headers.get(Header.RECORD_VERSION) or 0)
-    if record.meta.version < version:
-        raise StaleRecordError(
-            f"stale record lookup: run {record.run_id} is at version {record.meta.version} "
-            f"but the event is for version {version}"
-        )
+    record, version = found
     if record.status != status or record.run_state.stopped:
         proc.skip("record not at the status any more")
         return None
     if record.meta.version - (record.meta.attempt - 1) != version:
         proc.skip("not the run's arrival at the status")
         return None
-    return record
+    return found
 
 
 async def _entered_at(wf: Engine[Any, Any], record: Record, version: int) -> datetime:
@@ -95,11 +90,12 @@ def _inserter(
     limit = timeout_seconds(opts)
 
     async def arm(proc: Process, event: Event) -> None:
-        record = await _entry(wf, proc, event, status)
-        if record is None:
+        found = await _entry(wf, proc, event, status)
+        if found is None:
             return
+        record, version = found
         run = wf.new_run(record)
-        entered = await _entered_at(wf, record, int(event.headers.get(Header.RECORD_VERSION) or 0))
+        entered = await _entered_at(wf, record, version)
         expiries: list[tuple[int, datetime]] = []
         try:
             for index, (timer_fn, _) in enumerate(cfg.pairs):
