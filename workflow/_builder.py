@@ -20,6 +20,7 @@ from ._adapters import (
     TimeoutStore,
 )
 from ._clock import Clock, as_timedelta
+from ._engine import Engine
 from ._graph import Graph
 from ._options import DEFAULT_OPTIONS, OutboxOptions, ProcessOptions, make_options, retry_policy
 from ._record import ConnectorEvent, TypedRecord
@@ -361,21 +362,23 @@ class Builder(Generic[T, S]):
         if retry is not None and retry <= timedelta(0):
             raise ValueError("pause_retry must be positive, or None to disable it")
         return Workflow(
-            self,
-            object_type=object_type,
-            status_type=self._status_type,
-            streamer=event_streamer,
-            store=record_store,
-            roles=role_scheduler,
-            timeout_store=timeout_store,
-            clock=clock,
-            default_options=default_options or ProcessOptions(),
-            outbox=outbox,
-            custom_delete=custom_delete,
-            pause_retry=retry,
-            pause_retry_for=resume_for,
-            logger=logger,
-            debug=debug,
-            metrics_registry=metrics_registry,
-            error_counter=error_counter,
+            Engine(
+                self,
+                object_type=object_type,
+                status_type=self._status_type,
+                streamer=event_streamer,
+                store=record_store,
+                roles=role_scheduler,
+                timeout_store=timeout_store,
+                clock=clock,
+                default_options=default_options or ProcessOptions(),
+                outbox=outbox,
+                custom_delete=custom_delete,
+                pause_retry=retry,
+                pause_retry_for=resume_for,
+                logger=logger,
+                debug=debug,
+                metrics_registry=metrics_registry,
+                error_counter=error_counter,
+            )
         )

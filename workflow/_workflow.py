@@ -14,15 +14,10 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._adapters import (
-    EventStreamer,
     Filter,
     Order,
     RecordHistory,
-    RecordStore,
-    RoleScheduler,
-    TimeoutStore,
 )
-from ._clock import Clock
 from ._consumers import resumed, schedule_process
 from ._cron import parse_schedule
 from ._engine import Engine, Schedule, check_foreign_id, run_state_error
@@ -32,8 +27,7 @@ from ._errors import (
     RunFinishedError,
     RunStateError,
 )
-from ._options import OutboxOptions, ProcessOptions
-from ._process import ErrorCounter, Process, inside
+from ._process import Process, inside
 from ._processes import build_processes
 from ._record import Record
 from ._retry import PausedBy
@@ -43,9 +37,7 @@ from ._text import check_text
 from ._usercode import call_user
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
-
-    from ._builder import Builder
+    pass
 
 __all__ = ["Workflow"]
 
@@ -71,46 +63,8 @@ def _trace_origin() -> str:
 class Workflow(Generic[T, S]):
     """A built workflow. Create it with :meth:`Builder.build`."""
 
-    def __init__(
-        self,
-        builder: Builder[T, S],
-        *,
-        object_type: Any,
-        status_type: type[S],
-        streamer: EventStreamer,
-        store: RecordStore,
-        roles: RoleScheduler,
-        timeout_store: TimeoutStore | None,
-        clock: Clock | None,
-        default_options: ProcessOptions,
-        outbox: OutboxOptions | None,
-        custom_delete: Callable[..., Any] | None,
-        pause_retry: timedelta | None,
-        pause_retry_for: frozenset[PausedBy],
-        logger: Any,
-        debug: bool,
-        metrics_registry: CollectorRegistry | None = None,
-        error_counter: ErrorCounter | None = None,
-    ) -> None:
-        self._engine: Engine[T, S] = Engine(
-            builder,
-            object_type=object_type,
-            status_type=status_type,
-            streamer=streamer,
-            store=store,
-            roles=roles,
-            timeout_store=timeout_store,
-            clock=clock,
-            default_options=default_options,
-            outbox=outbox,
-            custom_delete=custom_delete,
-            pause_retry=pause_retry,
-            pause_retry_for=pause_retry_for,
-            logger=logger,
-            debug=debug,
-            metrics_registry=metrics_registry,
-            error_counter=error_counter,
-        )
+    def __init__(self, engine: Engine[T, S]) -> None:
+        self._engine = engine
         self._engine.api = self
         self._processes: dict[str, Process] = {}
         self._schedules: dict[str, Schedule] = {}
