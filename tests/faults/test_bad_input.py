@@ -241,23 +241,6 @@ def test_callback_returning_an_undeclared_transition_changes_nothing(bad: Any) -
     asyncio.run(body())
 
 
-class CountingErrors:
-    """An ErrorCounter that lets the test wait for a step's failure."""
-
-    def __init__(self) -> None:
-        self.counts: dict[tuple[str, str], int] = {}
-        self.failed = asyncio.Event()
-
-    def add(self, process: str, run_id: str) -> int:
-        key = (process, run_id)
-        self.counts[key] = self.counts.get(key, 0) + 1
-        self.failed.set()
-        return self.counts[key]
-
-    def clear(self, process: str, run_id: str) -> None:
-        self.counts.pop((process, run_id), None)
-
-
 class Captured(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -268,9 +251,7 @@ class Captured(logging.Handler):
             self.errors.append(record.exc_info[1])
 
 
-async def check_step_refused(
-    wf: Workflow[Obj, Status], errors: CountingErrors, log: Captured
-) -> None:
+async def check_step_refused(wf: Workflow[Obj, Status], log: Captured) -> None:
     async with wf:
         rid = await wf.trigger("s", initial_value=Obj(note="s"))
         first = await wf._engine.store.lookup(rid)
@@ -289,13 +270,12 @@ async def check_step_refused(
 def step_workflow(bad: Any, build: Callable[..., Workflow[Obj, Status]]) -> tuple[Any, ...]:
     h = Holder()
     h.step_result = bad
-    errors = CountingErrors()
     log = Captured()
     logger = logging.getLogger(f"fuzz.{id(log)}")
     logger.propagate = False
     logger.addHandler(log)
-    wf = build(builder(h), error_counter=errors, logger=logger)
-    return wf, errors, log
+    wf = build(builder(h), logger=logger)
+    return wf, log
 
 
 undeclared_step_results = st.one_of(
