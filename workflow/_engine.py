@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from ._builder import Builder
+    from ._retries import DueTimes
 
 __all__ = ["Engine", "Schedule", "check_foreign_id", "run_state_error"]
 
@@ -129,7 +130,7 @@ class Engine(Generic[T, S]):
         # Set while the workflow stops: consumers take no further event.
         self.stopping = False
         # The due times of retries this process scheduled, per status (see _retries).
-        self.retry_due: dict[int, Any] = {}
+        self.retry_due: dict[int, DueTimes] = {}
         self.pause_retry_for: frozenset[PausedBy] = pause_retry_for
         # The public ``Workflow`` this engine serves (handed to connector functions).
         self.api: Any = None
