@@ -25,6 +25,7 @@ from workflow import (
     StepTimeoutError,
     TypedRecord,
 )
+from workflow.adapters.memory import MemRecordStore, MemRoleScheduler, MemStreamer
 from workflow.testing import FakeClock, wait_for
 
 from .backends import Backend
@@ -346,3 +347,38 @@ async def test_a_process_error_that_repeats_is_logged_once_not_per_attempt(
     assert len(lines) == 2, lines
     assert "'down'" in lines[0] and "down differently" in lines[1]
     assert "repeated 48 more times" in lines[1]
+
+
+async def test_an_adapter_error_is_retried_in_real_time_while_the_fake_clock_stands_still(
+    clock: FakeClock, registry: CollectorRegistry
+) -> None:
+    """A broker or database hiccup (here: opening a receiver fails once) is retried after
+    ``err_backoff`` of real time, not of the workflow's clock: a test on a FakeClock that
+    never steps it still sees its run finish (CI once hung 20 s on this with Kafka)."""
+
+    class Hiccup(MemStreamer):
+        failed = False
+
+        async def new_receiver(self, topic: str, name: str, **kw: Any) -> Any:
+            if not Hiccup.failed:
+                Hiccup.failed = True
+                raise ConnectionError("broker briefly unreachable")
+            return await super().new_receiver(topic, name, **kw)
+
+    async def step(run: Run[Obj, Status]) -> Status:
+        return Status.DONE
+
+    b = Builder[Obj, Status]("hiccup")
+    b.add_step(Status.STARTED, step, Status.DONE)
+    wf = b.build(
+        Hiccup(clock),
+        MemRecordStore(),
+        MemRoleScheduler(),
+        clock=clock,
+        metrics_registry=registry,
+        default_options={"err_backoff": timedelta(milliseconds=50)},
+    )
+    async with wf:
+        rid = await wf.trigger("x")
+        await wf.await_("x", rid, Status.DONE, timeout=5)
+    assert Hiccup.failed

@@ -16,6 +16,7 @@ from ._adapters import Ack
 from ._errors import StepInterruptedError
 from ._record import Event, Header
 from ._runstate import State
+from ._usercode import is_user_error, mark_user_error
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -150,7 +151,7 @@ class Process:
                         )
                         logged_at = now
                     self.errors.inc()
-                    await self._backoff()
+                    await self._backoff(err)
                     continue
                 if failures:
                     wf.log.info(
@@ -175,9 +176,11 @@ class Process:
                     elif body.cancelled():
                         # Nobody here cancelled it (a stop or a lost role cancels it above):
                         # user code cancelled its own task. An error like any other.
-                        error = StepInterruptedError(
-                            f"process {self.name} was cancelled from inside (user code "
-                            "cancelled its own task); restarting it after the backoff"
+                        error = mark_user_error(
+                            StepInterruptedError(
+                                f"process {self.name} was cancelled from inside (user code "
+                                "cancelled its own task); restarting it after the backoff"
+                            )
                         )
                     else:
                         error = body.exception()
@@ -187,7 +190,7 @@ class Process:
                     if not error.__dict__.get("_workflow_logged"):
                         self._log_error(error)
                     self.errors.inc()
-                    await self._backoff()
+                    await self._backoff(error)
                 elif finished:
                     return  # the body saw the stop request and returned
         finally:
@@ -213,12 +216,19 @@ class Process:
             process=self.name,
         )
 
-    async def _backoff(self) -> None:
-        clock = self.wf.clock
+    async def _backoff(self, error: BaseException) -> None:
+        """Wait ``err_backoff`` before the next try: on the workflow's clock after an error of
+        user code (a hook, connector or delete function: business time, which a test's fake
+        clock steps), in real time after any other (the database or broker failed: it
+        recovers in real time, also while a test's fake clock stands still)."""
         if self.err_backoff <= timedelta(0):
             await asyncio.sleep(0)  # no backoff still lets the event loop run (no busy loop)
             return
-        await clock.sleep_until(clock.now() + self.err_backoff)
+        if is_user_error(error):
+            clock = self.wf.clock
+            await clock.sleep_until(clock.now() + self.err_backoff)
+        else:
+            await asyncio.sleep(self.err_backoff.total_seconds())
 
     async def stop(self, deadline: float) -> None:
         """Let the event in hand finish until ``deadline`` (monotonic), then cancel."""

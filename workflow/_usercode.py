@@ -21,6 +21,7 @@ nor interpreter exit once ``stop()`` has returned.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -32,7 +33,7 @@ from typing import Any
 from ._errors import StepInterruptedError, StepTimeoutError
 from ._run import RunStateChange
 
-__all__ = ["call_user", "fn_name", "running_threads"]
+__all__ = ["call_user", "fn_name", "is_user_error", "mark_user_error", "running_threads"]
 
 _IDLE_SECONDS = 60.0
 """A worker thread with nothing to do for this long ends."""
@@ -72,15 +73,31 @@ async def call_user(fn: Callable[..., Any], *args: Any, timeout: float | None = 
         if inspect.isawaitable(result) and not isinstance(result, RunStateChange):
             return await result
         return result
-    except (Exception, KeyboardInterrupt, SystemExit):
+    except (Exception, KeyboardInterrupt, SystemExit) as err:
+        mark_user_error(err)
         raise
     except asyncio.CancelledError as err:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise  # the engine's own cancellation (stop, lost role)
-        raise StepInterruptedError(_interrupted(fn, err)) from err
+        raise mark_user_error(StepInterruptedError(_interrupted(fn, err))) from err
     except BaseException as err:
-        raise StepInterruptedError(_interrupted(fn, err)) from err
+        raise mark_user_error(StepInterruptedError(_interrupted(fn, err))) from err
+
+
+_USER = "_workflow_user_error"
+
+
+def mark_user_error(err: BaseException) -> BaseException:
+    """Mark ``err`` as raised by user code (a process backs off on the workflow's clock after
+    it, and in real time after an adapter's error)."""
+    with contextlib.suppress(AttributeError, TypeError):
+        err.__dict__[_USER] = True
+    return err
+
+
+def is_user_error(err: BaseException) -> bool:
+    return bool(getattr(err, "__dict__", {}).get(_USER))
 
 
 def _timed_out(fn: Callable[..., Any], timeout: float) -> StepTimeoutError:
