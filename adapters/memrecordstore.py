@@ -41,6 +41,31 @@ class MemRecordStore:
         self._retrying: dict[str, Record] = {}  # runs whose meta.retry_at is set
 
     async def store(self, record: Record) -> None:
+        self._check(record, {}, {})
+        self._apply(record)
+
+    async def store_many(
+        self, records: Sequence[Record], events: Sequence[OutboxEvent] = ()
+    ) -> None:
+        """Every record and event, or (on the first refusal) nothing."""
+        new_ids: dict[tuple[str, str], str] = {}
+        new_keys: dict[tuple[str, str], str] = {}
+        for record in records:
+            self._check(record, new_ids, new_keys)
+        for record in records:
+            self._apply(record)
+        for event in events:
+            self._outbox.setdefault(event.workflow_name, {})[event.id] = event
+            self._outbox_owner[event.id] = event.workflow_name
+
+    def _check(
+        self,
+        record: Record,
+        new_ids: dict[tuple[str, str], str],
+        new_keys: dict[tuple[str, str], str],
+    ) -> None:
+        """Raise what storing ``record`` would raise; ``new_ids`` / ``new_keys``: the new runs
+        (by foreign id / idempotency key) stored before it in the same transaction."""
         current = self._records.get(record.run_id)
         expected = record.meta.version - 1
         if current is None:
@@ -50,33 +75,42 @@ class MemRecordStore:
                     f"version 1, got {record.meta.version}"
                 )
             idem = record.meta.idempotency_key
-            if idem is not None and (record.workflow_name, idem) in self._keys:
-                existing = self._keys[(record.workflow_name, idem)]
-                raise IdempotencyKeyUsedError(
-                    f"run {existing} of workflow {record.workflow_name!r} already has "
-                    f"idempotency key {idem!r}",
-                    existing,
+            if idem is not None:
+                existing = self._keys.get((record.workflow_name, idem)) or new_keys.get(
+                    (record.workflow_name, idem)
                 )
+                if existing is not None:
+                    raise IdempotencyKeyUsedError(
+                        f"run {existing} of workflow {record.workflow_name!r} already has "
+                        f"idempotency key {idem!r}",
+                        existing,
+                    )
+                new_keys[(record.workflow_name, idem)] = record.run_id
             key = (record.workflow_name, record.foreign_id)
             last_id = self._latest.get(key)
-            if last_id is not None:
-                last = self._records[last_id]
-                if not last.run_state.finished:
-                    raise WorkflowInProgressError(
-                        f"foreign id {record.foreign_id!r} of workflow {record.workflow_name!r}"
-                        f" has an unfinished run {last.run_id} ({last.run_state}); wait for it"
-                        " to finish or cancel it"
-                    )
-            self._latest[key] = record.run_id
-            if idem is not None:
-                self._keys[(record.workflow_name, idem)] = record.run_id
-            self._order.append(record.run_id)
-            self._history[record.run_id] = []
+            last = self._records[last_id] if last_id is not None else None
+            if key in new_ids or (last is not None and not last.run_state.finished):
+                holder = new_ids.get(key) or (last.run_id if last is not None else "")
+                raise WorkflowInProgressError(
+                    f"foreign id {record.foreign_id!r} of workflow {record.workflow_name!r}"
+                    f" has an unfinished run {holder}; wait for it to finish or cancel it"
+                )
+            new_ids[key] = record.run_id
         elif current.meta.version != expected:
             raise ConcurrentUpdateError(
                 f"run {record.run_id} is at version {current.meta.version}; a write of version "
                 f"{record.meta.version} is stale. Read the run again"
             )
+
+    def _apply(self, record: Record) -> None:
+        if record.run_id not in self._records:
+            key = (record.workflow_name, record.foreign_id)
+            self._latest[key] = record.run_id
+            idem = record.meta.idempotency_key
+            if idem is not None:
+                self._keys[(record.workflow_name, idem)] = record.run_id
+            self._order.append(record.run_id)
+            self._history[record.run_id] = []
         self._records[record.run_id] = record
         if record.meta.retry_at is None:
             self._retrying.pop(record.run_id, None)

@@ -17,6 +17,7 @@ from ._runstate import RunState
 
 __all__ = [
     "Ack",
+    "AtomicWrites",
     "BatchSender",
     "ConnectorConstructor",
     "ConnectorConsumer",
@@ -87,7 +88,9 @@ class EventStreamer(Protocol):
 class Filter:
     """A filter for :meth:`RecordStore.list`. Build one with the class methods."""
 
-    kind: Literal["foreign_id", "status", "run_state", "created_after", "created_before"]
+    kind: Literal[
+        "foreign_id", "status", "run_state", "created_after", "created_before", "parent"
+    ]
     values: tuple[str | int, ...] = ()
     time: datetime | None = None
 
@@ -102,6 +105,11 @@ class Filter:
     @classmethod
     def by_run_state(cls, *run_states: RunState | int) -> Filter:
         return cls("run_state", tuple(int(s) for s in run_states))
+
+    @classmethod
+    def by_parent(cls, *run_ids: str) -> Filter:
+        """Child runs of these parent runs (``meta.parent_run_id``)."""
+        return cls("parent", tuple(run_ids))
 
     @classmethod
     def created_after(cls, t: datetime) -> Filter:
@@ -125,6 +133,9 @@ def matches(record: Record, filters: Sequence[Filter]) -> bool:
                 return False
         elif f.kind == "run_state":
             if int(record.run_state) not in f.values:
+                return False
+        elif f.kind == "parent":
+            if record.meta.parent_run_id not in f.values:
                 return False
         elif f.kind == "created_after":
             if f.time is None or not record.created_at > f.time:
@@ -193,6 +204,25 @@ class StatusCounts(Protocol):
     parked at statuses its graph no longer has; without it, it pages through ``list``."""
 
     async def unfinished_by_status(self, workflow_name: str) -> dict[int, int]: ...
+
+
+@runtime_checkable
+class AtomicWrites(Protocol):
+    """Optional capability of a record store: several writes in one transaction. Child
+    workflows need it (a parent's transition and its children's creation commit together),
+    and so do the cascade of a parent's cancel or data deletion to its children and a
+    child's finishing write that tells its parent."""
+
+    async def store_many(
+        self, records: Sequence[Record], events: Sequence[OutboxEvent] = ()
+    ) -> None:
+        """Store each record exactly as ``store`` would (the compare-and-set on its version,
+        the checks of a new run, its history and its event), and ``events`` as well (extra
+        events: outbox rows of their ``workflow_name``, or, for a store that publishes
+        directly, events on the topic in their headers), all in one transaction. When any
+        part is refused nothing at all is written, and the error is the one ``store`` would
+        raise for the first record refused. The records have distinct run ids."""
+        ...
 
 
 @runtime_checkable

@@ -21,8 +21,12 @@ __all__ = [
     "Record",
     "TimeoutRecord",
     "TypedRecord",
+    "CHILD_RUN_ID",
+    "children_topic",
+    "compensation_topic",
     "decode_outbox_data",
     "delete_topic",
+    "make_child_finished_event",
     "make_outbox_event",
     "run_state_change_topic",
     "topic",
@@ -53,6 +57,12 @@ class Meta:
     when none is scheduled). ``paused_by`` says why a paused run is paused (a
     :class:`~workflow.PausedBy` value, empty otherwise). ``idempotency_key`` is the key the
     run was triggered with, if any.
+
+    A child run (started by another run's step with ``run.start_child``) names its parent in
+    ``parent_workflow`` and ``parent_run_id`` (both empty for a run triggered otherwise).
+    ``compensations`` is the saga's stack: the statuses (each a step's ``from``) of the steps
+    with a declared compensation that the run completed, oldest first; ``compensating`` is
+    set while those compensations run (newest first) after ``on_exhausted="compensate"``.
     """
 
     run_state_reason: str = ""
@@ -63,6 +73,10 @@ class Meta:
     retry_at: datetime | None = None
     paused_by: str = ""
     idempotency_key: str | None = None
+    parent_workflow: str = ""
+    parent_run_id: str = ""
+    compensations: tuple[int, ...] = ()
+    compensating: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,12 +287,26 @@ _RUN_STATE_CHANGES = frozenset(
 _RUN_STATE_TEXT = {rs: str(int(rs)) for rs in RunState}
 
 
+@functools.lru_cache(maxsize=1024)
+def compensation_topic(workflow_name: str) -> str:
+    """The topic of a run's versions while its compensations run."""
+    return f"{_topic_name(workflow_name)}-compensation"
+
+
+@functools.lru_cache(maxsize=1024)
+def children_topic(workflow_name: str) -> str:
+    """The topic where a parent run of the workflow hears that one of its children finished."""
+    return f"{_topic_name(workflow_name)}-child-finished"
+
+
 def _event_topic(record: Record) -> str:
     rs = record.run_state
     if rs in _RUN_STATE_CHANGES:
         return run_state_change_topic(record.workflow_name)
     if rs is RunState.REQUESTED_DATA_DELETED:
         return delete_topic(record.workflow_name)
+    if record.meta.compensating:
+        return compensation_topic(record.workflow_name)
     return topic(record.workflow_name, record.status)
 
 
@@ -306,6 +334,35 @@ def make_outbox_event(record: Record) -> OutboxEvent:
         None,
         record.updated_at,
         parts=(record.run_id, record.status, headers),
+    )
+
+
+CHILD_RUN_ID = "child_run_id"
+"""The header of a child-finished event that names the child."""
+
+
+def make_child_finished_event(child: Record) -> OutboxEvent:
+    """The event that tells a child's parent run that the child finished: on the parent
+    workflow's :func:`children_topic`, keyed by the parent's run id, written with the
+    child's finishing version (its ``workflow_name`` is the parent's, so the parent
+    workflow's outbox relay sends it)."""
+    meta = child.meta
+    tp = children_topic(meta.parent_workflow)
+    headers = {
+        Header.FOREIGN_ID: child.foreign_id,
+        Header.WORKFLOW_NAME: meta.parent_workflow,
+        Header.TOPIC: tp,
+        Header.RUN_ID: meta.parent_run_id,
+        Header.RUN_STATE: _RUN_STATE_TEXT[child.run_state],
+        Header.RECORD_VERSION: "0",
+        CHILD_RUN_ID: child.run_id,
+    }
+    return OutboxEvent(
+        f"{_OUTBOX_PREFIX}{next(_outbox_seq)}",
+        meta.parent_workflow,
+        None,
+        child.updated_at,
+        parts=(meta.parent_run_id, 0, headers),
     )
 
 

@@ -11,14 +11,15 @@ and :class:`EventReceiver`), :class:`RoleScheduler` (with :class:`Lease`),
 :class:`TimeoutStore`, :class:`ConnectorConstructor` (with :class:`ConnectorConsumer`).
 
 Optional capabilities (``isinstance`` checks, so a method of that name is all it takes):
-:class:`RecordHistory`, :class:`RunVersions`, :class:`StatusCounts`, :class:`OutboxBulkDelete` and
-:class:`DirectPublisher` for record stores; :class:`BatchSender` for event senders.
+:class:`RecordHistory`, :class:`RunVersions`, :class:`StatusCounts`, :class:`OutboxBulkDelete`,
+:class:`AtomicWrites` and :class:`DirectPublisher` for record stores; :class:`BatchSender` for event senders.
 """
 
 from __future__ import annotations
 
 from ._adapters import (
     Ack,
+    AtomicWrites,
     BatchSender,
     ConnectorConstructor,
     ConnectorConsumer,
@@ -47,8 +48,11 @@ from ._record import (
     OutboxEvent,
     Record,
     TimeoutRecord,
+    children_topic,
+    compensation_topic,
     decode_outbox_data,
     delete_topic,
+    make_child_finished_event,
     make_outbox_event,
     run_state_change_topic,
     topic,
@@ -58,6 +62,7 @@ from ._runstate import RunState
 
 __all__ = [
     "Ack",
+    "AtomicWrites",
     "BatchSender",
     "Clock",
     "ConnectorConstructor",
@@ -87,8 +92,11 @@ __all__ = [
     "TimeoutRecord",
     "TimeoutStore",
     "as_timedelta",
+    "children_topic",
+    "compensation_topic",
     "decode_outbox_data",
     "delete_topic",
+    "make_child_finished_event",
     "make_outbox_event",
     "matches",
     "run_state_change_topic",
