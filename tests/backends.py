@@ -66,6 +66,18 @@ class Backend:
             streamer, store, roles, clock=self.clock, metrics_registry=self.registry, **kwargs
         )
 
+    def build_group(self, *builders: Builder[Any, Any], **kwargs: Any) -> list[Workflow[Any, Any]]:
+        """Workflows on one set of adapters (one process): a parent and its child workflows
+        share one record store object."""
+        streamer, store, roles, timeouts = self.adapters()
+        kwargs.setdefault("timeout_store", timeouts)
+        return [
+            b.build(
+                streamer, store, roles, clock=self.clock, metrics_registry=self.registry, **kwargs
+            )
+            for b in builders
+        ]
+
     async def close(self) -> None:
         for c in self._closers:
             await c.close()

@@ -53,7 +53,6 @@ def test_attempts_run_out_after_max_attempts() -> None:
         {"non_retryable": (KeyError, "ValueError")},
         {"non_retryable": 42},
         {"on_exhausted": "explode"},
-        {"on_exhausted": "compensate"},
     ],
 )
 def test_bad_policies_are_value_errors(kwargs: dict[str, object]) -> None:

@@ -41,6 +41,9 @@ CallbackFn = Callable[[Run[T, S], bytes], Awaitable[StepResult[S]] | StepResult[
 TimerFn = Callable[[Run[T, S], datetime], Awaitable[datetime | None] | datetime | None]
 TimeoutFn = Callable[[Run[T, S], datetime], Awaitable[StepResult[S]] | StepResult[S]]
 HookFn = Callable[[TypedRecord[T, S]], Awaitable[None] | None]
+ChildrenFn = Callable[
+    [Run[T, S], list[TypedRecord[Any, Any]]], Awaitable[StepResult[S]] | StepResult[S]
+]
 ConnectorFn = Callable[["Workflow[T, S]", ConnectorEvent], Awaitable[None] | None]
 
 
@@ -65,6 +68,11 @@ def duration_timer(duration: timedelta | float) -> Callable[[Any, datetime], dat
 class StepConfig:
     fn: Callable[..., Any]
     options: ProcessOptions = field(default_factory=ProcessOptions)
+    # A fan-in (add_children_done): fn(run, children) once every child finished.
+    children_done: bool = False
+    # The saga: what undoes this step (compensate_with), and its retry policy.
+    compensation: Callable[..., Any] | None = None
+    compensation_retry: RetryPolicy | None = None
 
 
 @dataclass
@@ -129,6 +137,59 @@ class _Handle:
         return self
 
 
+class _StepHandle(_Handle):
+    """Returned by ``add_step`` / ``add_children_done``: options, and the step's compensation."""
+
+    _target: StepConfig
+
+    def compensate_with(
+        self, fn: Callable[[Run[Any, Any]], Any], *, retry: RetryPolicy | None = None
+    ) -> _StepHandle:
+        """Declare what undoes this step (a saga). When a later step's retry policy gives
+        up with ``on_exhausted="compensate"``, the compensations of the steps the run
+        completed run newest first, each once per completion of its step: ``fn(run)``
+        (mutate ``run.object`` to record what it did; its return value is ignored). Each one
+        is a version of the run in its history; then the run ends at the workflow's
+        ``compensate_to`` status. A compensation that fails is retried under ``retry``
+        (default: 5 attempts, backoff 1 s doubling up to 1 min); when that gives up, the
+        run is paused (``paused_by`` "compensation failed") for a person, and resuming it
+        tries the compensations left again."""
+        Builder._callable(fn, "a compensation function")
+        if retry is not None:
+            if not isinstance(retry, RetryPolicy):
+                raise ValueError(f"retry must be a RetryPolicy, got {retry!r}")
+            if retry.on_exhausted != "pause":
+                raise ValueError(
+                    "a compensation's retry policy can only pause the run when it gives up "
+                    f'(on_exhausted="pause"), got {retry.on_exhausted!r}'
+                )
+        self._target.compensation = fn
+        self._target.compensation_retry = retry
+        return self
+
+
+class _ChildrenHandle(_StepHandle):
+    """Returned by ``add_children_done``: also a deadline."""
+
+    def __init__(self, target: StepConfig, what: str, builder: Builder[Any, Any], src: Any):
+        super().__init__(target, what)
+        self._builder = builder
+        self._src = src
+
+    def with_deadline(self, after: Duration, status: Any) -> _ChildrenHandle:
+        """Stop waiting ``after`` the run reached the status (a durable timer): the run
+        moves to ``status`` whether or not its children finished (they go on; cancel them
+        from that status's step if they must stop). Needs a timeout store."""
+        deadline = as_timedelta(after)
+
+        def expired(run: Run[Any, Any], now: datetime) -> Any:
+            return status
+
+        expired.__name__ = f"children_deadline_to_{getattr(status, 'name', status)}"
+        self._builder.add_timeout(self._src, duration_timer(deadline), expired, status)
+        return self
+
+
 class _TimeoutHandle(_Handle):
     _refused = ("parallel_count", "lag", "concurrency")
 
@@ -165,6 +226,7 @@ class Builder(Generic[T, S]):
         self.timeouts: dict[int, TimeoutConfig] = {}
         self.connectors: dict[str, ConnectorConfig] = {}
         self.hooks: dict[RunState, Callable[..., Any]] = {}
+        self.compensated: int | None = None
 
     # -- types --------------------------------------------------------------------------
 
@@ -220,7 +282,32 @@ class Builder(Generic[T, S]):
             )
         self._edges(from_status, to, "add_step")
         cfg = self.steps[s] = StepConfig(fn)
-        return _Handle(cfg, f"step {from_status!r}")
+        return _StepHandle(cfg, f"step {from_status!r}")
+
+    def add_children_done(self, from_status: S, fn: ChildrenFn[T, S], *to: S) -> _ChildrenHandle:
+        """A fan-in: runs at ``from_status`` wait for every child they started
+        (``run.start_child``) to finish; then ``fn(run, children)`` returns the next status,
+        like a step. ``children`` are the final versions of every child of the run, oldest
+        first, each with its own workflow's object and status (``child.run_state`` says how
+        it ended). Event driven across processes: a child's finishing write tells the
+        parent. Options and a compensation as for a step; ``.with_deadline(after, status)``
+        stops waiting after a time."""
+        self._callable(fn, "a children-done function")
+        s = self._status(from_status, "'from'")
+        if s in self.steps:
+            raise ValueError(
+                f"add_children_done({from_status!r}, ...): a step already consumes "
+                f"{from_status!r} (existing: {fn_name(self.steps[s].fn)})"
+            )
+        self._edges(from_status, to, "add_children_done")
+        cfg = self.steps[s] = StepConfig(fn, children_done=True)
+        return _ChildrenHandle(cfg, f"children-done {from_status!r}", self, from_status)
+
+    def compensate_to(self, status: S) -> None:
+        """The terminal status of a run whose compensations ran (a saga that undid its
+        steps): the run ends there, COMPLETED, once the last compensation succeeded.
+        Needed by ``RetryPolicy(on_exhausted="compensate")``."""
+        self.compensated = self._status(status, "the compensated")
 
     def add_callback(self, from_status: S, fn: CallbackFn[T, S], *to: S) -> None:
         """``fn(run, payload)`` runs when ``wf.callback(foreign_id, from_status, payload)`` is
@@ -280,6 +367,22 @@ class Builder(Generic[T, S]):
         processes += [(s, "timeout", c.options) for s, c in self.timeouts.items()]
         for status, what, own in processes:
             target = retry_policy(own, merged).on_exhausted
+            if target == "compensate":
+                assert self._status_type is not None
+                member = self._status_type(status)
+                if what != "step":
+                    raise ValueError(
+                        f'the retry policy of timeout {member!r} says on_exhausted="compensate"'
+                        ": only a step's can; move to a status instead"
+                    )
+                if self.compensated is None:
+                    raise ValueError(
+                        f'the retry policy of step {member!r} says on_exhausted="compensate": '
+                        "declare where compensated runs end with "
+                        "builder.compensate_to(Status.COMPENSATED)"
+                    )
+                self.graph.add(status, self.compensated)
+                continue
             if not isinstance(target, enum.IntEnum):
                 continue
             assert self._status_type is not None
@@ -358,6 +461,14 @@ class Builder(Generic[T, S]):
             self._callable(custom_delete, "custom_delete")
         resume_for = frozenset(PausedBy(p) for p in pause_retry_for)
         self._check_retry_targets(default_options or ProcessOptions())
+        if self.compensated is not None:
+            self.graph.add_node(self.compensated)
+            if not self.graph.is_terminal(self.compensated):
+                member = self._status_type(self.compensated)
+                raise ValueError(
+                    f"workflow {self.name!r}: compensate_to({member!r}) needs a terminal "
+                    "status (no step, callback or timeout from it)"
+                )
         retry = None if pause_retry is None else as_timedelta(pause_retry)
         if retry is not None and retry <= timedelta(0):
             raise ValueError("pause_retry must be positive, or None to disable it")

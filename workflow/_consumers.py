@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ._adapters import BatchSender, EventSender, OutboxBulkDelete, RecordHistory
+from ._children import fan_in_work
 from ._errors import (
     ConcurrentUpdateError,
     RecordNotFoundError,
@@ -26,6 +27,8 @@ from ._record import (
     Header,
     Record,
     TypedRecord,
+    children_topic,
+    compensation_topic,
     delete_topic,
     run_state_change_topic,
     topic,
@@ -34,12 +37,15 @@ from ._retries import attempt, retry_process
 from ._retry import PausedBy, RetryPolicy
 from ._run import Run
 from ._runstate import RunState
+from ._saga import compensate, compensation_policy
 from ._usercode import call_user
 
 if TYPE_CHECKING:
     from ._engine import Engine, Schedule
 
 __all__ = [
+    "child_finished_process",
+    "compensation_process",
     "connector_processes",
     "delete_process",
     "hook_processes",
@@ -118,6 +124,9 @@ async def load_for_event(
     if record.meta.retry_at is not None:
         proc.skip("retry scheduled")
         return None
+    if record.meta.compensating:
+        proc.skip("compensating")
+        return None
     return record
 
 
@@ -181,16 +190,19 @@ def step_processes(wf: Engine[Any, Any]) -> Iterator[Process]:
         label = wf.status_type(status).name.lower()
 
         def step(
-            fn: Callable[..., Any], timeout: float | None
+            fn: Callable[..., Any], timeout: float | None, compensable: bool
         ) -> Callable[[Process, Run[Any, Any]], Awaitable[None]]:
             async def work(proc: Process, run: Run[Any, Any]) -> None:
                 result = await call_user(fn, run, timeout=timeout)
-                if not await wf.apply(run.record, run, result):
+                if not await wf.apply(run.record, run, result, compensable=compensable):
                     proc.skip("next value specified skip")
 
             return work
 
-        handler = step(cfg.fn, timeout_seconds(opts))
+        if cfg.children_done:
+            handler = fan_in_work(wf, cfg.fn, timeout_seconds(opts))
+        else:
+            handler = step(cfg.fn, timeout_seconds(opts), cfg.compensation is not None)
         for i in range(1, n + 1):
             yield status_consumer(
                 wf,
@@ -326,7 +338,11 @@ def delete_process(wf: Engine[Any, Any]) -> Process:
 def resumed(wf: Engine[Any, Any], record: Record) -> Record:
     """The running version after a paused ``record``. A run paused because its retry policy
     gave up gets a fresh set of attempts."""
-    fresh = record.meta.paused_by in (PausedBy.RETRIES_EXHAUSTED, PausedBy.NON_RETRYABLE)
+    fresh = record.meta.paused_by in (
+        PausedBy.RETRIES_EXHAUSTED,
+        PausedBy.NON_RETRYABLE,
+        PausedBy.COMPENSATION_FAILED,
+    )
     return wf.next_version(
         record, run_state=RunState.RUNNING, reason="", attempt=1 if fresh else None
     )
@@ -377,6 +393,60 @@ def pause_retry_process(wf: Engine[Any, Any]) -> Process:
         before=wait_until_due,
         lag_alert=alert,
     )
+
+
+# -- composition: fan-in wake-ups and sagas ------------------------------------------------
+
+
+def child_finished_process(wf: Engine[Any, Any]) -> Process:
+    """Hears that a child of one of this workflow's runs finished (see ``_children``) and
+    re-checks the parent if it waits at a fan-in status."""
+    works: dict[int, tuple[Any, RetryPolicy]] = {}
+    for status, cfg in wf.steps.items():
+        if cfg.children_done:
+            opts = cfg.options.over(wf.defaults)
+            policy = retry_policy(cfg.options, wf.defaults)
+            works[status] = (fan_in_work(wf, cfg.fn, timeout_seconds(opts)), policy)
+
+    async def handle(proc: Process, event: Event) -> None:
+        try:
+            record = await wf.store.lookup(event.foreign_id)
+        except RecordNotFoundError:
+            proc.skip("record not found")
+            return
+        found = works.get(record.status)
+        meta = record.meta
+        if found is None or record.run_state.stopped or record.run_state.finished:
+            proc.skip("parent not waiting for its children")
+        elif meta.retry_at is not None or meta.compensating:
+            proc.skip("parent busy")
+        else:
+            await attempt(wf, proc, record, found[0], found[1])
+
+    return _event_consumer(wf, "child-finished-consumer", children_topic(wf.name), handle)
+
+
+def compensation_process(wf: Engine[Any, Any]) -> Process:
+    """Runs the compensations of the runs whose saga started (see ``_saga``)."""
+
+    async def work(proc: Process, run: Run[Any, Any]) -> None:
+        await compensate(wf, proc, run)
+
+    async def handle(proc: Process, event: Event) -> None:
+        found = await lookup_for_event(wf, proc, event)
+        if found is None:
+            return
+        record, version = found
+        if record.meta.version > version:
+            proc.skip("event record version lower than latest record version")
+        elif record.run_state.stopped or not record.meta.compensating:
+            proc.skip("record not compensating")
+        elif record.meta.retry_at is not None:
+            proc.skip("retry scheduled")
+        else:
+            await attempt(wf, proc, record, work, compensation_policy(wf, record))
+
+    return _event_consumer(wf, "compensation-consumer", compensation_topic(wf.name), handle)
 
 
 # -- connectors ------------------------------------------------------------------------

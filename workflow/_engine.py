@@ -8,11 +8,12 @@ import dataclasses
 import enum
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._adapters import (
+    AtomicWrites,
     EventStreamer,
     Filter,
     RecordStore,
@@ -20,6 +21,7 @@ from ._adapters import (
     StatusCounts,
     TimeoutStore,
 )
+from ._children import cascade, prepare_child
 from ._clock import Clock, RealClock
 from ._cron import CronSchedule
 from ._errors import (
@@ -31,13 +33,14 @@ from ._errors import (
     UnableToDeleteError,
     UnableToPauseError,
     UnableToResumeError,
+    WorkflowError,
 )
 from ._log import RunLog
 from ._metrics import metrics_for
 from ._objects import ObjectCodec
 from ._options import DEFAULT_OPTIONS, OutboxOptions, ProcessOptions
 from ._process import ErrorCounter, MemErrorCounter
-from ._record import Meta, Record
+from ._record import Meta, Record, make_child_finished_event
 from ._retry import PausedBy
 from ._run import SAVE_AND_REPEAT, SKIP, Run, RunStateChange
 from ._runstate import RunState, can_move
@@ -110,6 +113,8 @@ class Engine(Generic[T, S]):
         }
         self.connectors = {k: dataclasses.replace(v) for k, v in builder.connectors.items()}
         self.hooks = dict(builder.hooks)
+        # The terminal status of a run whose compensations ran (Builder.compensate_to).
+        self.compensated: int | None = builder.compensated
         self.default_start: S = status_type(builder.graph.from_order[0])
         self.streamer = streamer
         self.store = store
@@ -121,11 +126,12 @@ class Engine(Generic[T, S]):
         self.custom_delete = custom_delete
         self.pause_retry = pause_retry
         self.metrics = metrics_for(metrics_registry)
-        self._state_changes: dict[tuple[RunState, RunState], Any] = {}
+        self._state_changes: dict[tuple[str, RunState, RunState], Any] = {}
         self._status_names = {int(m): m.name for m in status_type}
         self._members: dict[int, S] = {int(m): m for m in status_type}
         self.log = RunLog(logger, self.name, debug)
         self.signals = signals_for(store)
+        self.signals.engines[self.name] = self
         self.error_counter: ErrorCounter = error_counter or MemErrorCounter()
         # Set while the workflow stops: consumers take no further event.
         self.stopping = False
@@ -194,26 +200,64 @@ class Engine(Generic[T, S]):
                 raise
             obj = json.loads(record.object)
         status: Any = self._members.get(record.status, record.status)
-        return Run(record, status, obj, self._controller)
+        return Run(record, status, obj, self._controller, self._start_child)
+
+    def _start_child(self, run: Run[Any, Any], workflow: Any, *args: Any) -> Record:
+        return prepare_child(self, run, workflow, *args)
 
     # -- writes -------------------------------------------------------------------------
 
-    async def write(self, record: Record, previous: RunState) -> None:
-        """Store a record (compare-and-set) and tell everyone in this process."""
-        await self.store.store(record)
-        key = (previous, record.run_state)
+    async def write(
+        self,
+        record: Record,
+        previous: RunState,
+        *,
+        extra: Sequence[tuple[Record, RunState]] = (),
+    ) -> None:
+        """Store a record (compare-and-set) and tell everyone in this process. ``extra``:
+        other runs' versions (with their previous run state) committed in the same
+        transaction (children started by a step). A run that is cancelled or whose data
+        deletion is requested takes its unfinished children along in that transaction; a
+        child that finishes tells its parent in its own (see ``_children``)."""
+        more = list(extra)
+        events = []
+        if record.run_state is not previous:
+            if record.run_state in (RunState.CANCELLED, RunState.REQUESTED_DATA_DELETED):
+                more += await cascade(self, record)
+            if record.meta.parent_run_id and record.run_state.finished and not previous.finished:
+                events.append(make_child_finished_event(record))
+        store = self.store
+        if more or events:
+            if not isinstance(store, AtomicWrites):
+                raise WorkflowError(
+                    f"the record store {type(store).__name__} cannot write several runs in one "
+                    "transaction (no store_many): child workflows need a store that can "
+                    "(the memory and SQL stores can)"
+                )
+            await store.store_many([record, *(r for r, _ in more)], events)
+        else:
+            await store.store(record)
+        self._count(record.workflow_name, previous, record.run_state)
+        self.signals.stored(record)
+        for r, before in more:
+            self._count(r.workflow_name, before, r.run_state)
+            self.signals.stored(r)
+
+    def _count(self, name: str, previous: RunState, now: RunState) -> None:
+        key = (name, previous, now)
         counter = self._state_changes.get(key)
         if counter is None:
             counter = self._state_changes[key] = self.metrics.run_state_changes.labels(
-                self.name, str(previous), str(record.run_state)
+                name, str(previous), str(now)
             )
         counter.inc()
-        self.signals.stored(record)
 
-    async def write_after(self, old: Record, new: Record) -> None:
+    async def write_after(
+        self, old: Record, new: Record, *, extra: Sequence[tuple[Record, RunState]] = ()
+    ) -> None:
         """Store ``new``, the version after ``old``; when the run leaves ``old``'s status (or
         finishes), its timers at that status are removed."""
-        await self.write(new, old.run_state)
+        await self.write(new, old.run_state, extra=extra)
         if old.status in self.timeouts and self.timeout_store is not None:
             if new.status != old.status or new.run_state.finished:
                 try:
@@ -236,9 +280,12 @@ class Engine(Generic[T, S]):
         attempt: int | None = None,
         retry_at: datetime | None = None,
         paused_by: str = "",
+        compensations: tuple[int, ...] | None = None,
+        compensating: bool | None = None,
     ) -> Record:
         """The version after ``record``. A new status starts at attempt 1; every write but a
-        scheduled retry's clears ``retry_at``; ``paused_by`` is kept only while paused."""
+        scheduled retry's clears ``retry_at``; ``paused_by`` is kept only while paused; the
+        parent, idempotency key, trace origin and saga fields carry over unless given."""
         st = record.status if status is None else status
         meta = record.meta
         if attempt is None:
@@ -252,15 +299,16 @@ class Engine(Generic[T, S]):
             object=record.object if obj is None else obj,
             created_at=record.created_at,
             updated_at=self.clock.now(),
-            meta=Meta(
+            meta=dataclasses.replace(
+                meta,
                 run_state_reason=meta.run_state_reason if reason is None else storable(reason),
                 status_description=self.status_name(st),
                 version=meta.version + 1,
-                trace_origin=meta.trace_origin,
                 attempt=attempt,
                 retry_at=retry_at,
                 paused_by=paused_by if run_state is RunState.PAUSED else "",
-                idempotency_key=meta.idempotency_key,
+                compensations=meta.compensations if compensations is None else compensations,
+                compensating=meta.compensating if compensating is None else compensating,
             ),
         )
 
@@ -268,6 +316,12 @@ class Engine(Generic[T, S]):
         """``run.pause()`` / ``run.cancel()`` from user code: store the run's object with it."""
         check_text(reason, "reason")
         record = run.record
+        if run._children:
+            raise InvalidTransitionError(
+                f"the step started {len(run._children)} child run(s) and then paused or "
+                "cancelled its run: children start with a status move (or save and repeat) "
+                "of the parent, never with a pause or cancel"
+            )
         if not can_move(record.run_state, target):
             raise run_state_error(target)(
                 f"cannot move run {record.run_id} from {record.run_state} to {target}"
@@ -281,19 +335,32 @@ class Engine(Generic[T, S]):
         )
         await self.write_after(record, new)
 
-    async def apply(self, record: Record, run: Run[T, S], result: Any) -> bool:
-        """Store what a step / callback / timeout returned. True when something was written.
+    async def apply(
+        self, record: Record, run: Run[T, S], result: Any, *, compensable: bool = False
+    ) -> bool:
+        """Store what a step / callback / timeout returned, with the children it started.
+        True when something was written. ``compensable``: the step has a compensation, so a
+        status move pushes it on the run's saga stack.
 
         Raises :class:`InvalidTransitionError` (nothing written) for an undeclared move and
         :class:`ConcurrentUpdateError` when the run changed since ``record`` was read.
         """
         if run._state_changed:
             return True
-        if result is None or result is SKIP:
+        children = run._children
+        if result is None or result is SKIP or isinstance(result, RunStateChange):
+            if children:
+                raise InvalidTransitionError(
+                    f"workflow {self.name!r}, at {self.status_name(record.status)}: the step "
+                    f"started {len(children)} child run(s) but stores no new version of its "
+                    "run (skip, pause or cancel); children start with the parent's status "
+                    "move or run.save_and_repeat()"
+                )
+            if isinstance(result, RunStateChange):
+                await result.apply()
+                return True
             return False
-        if isinstance(result, RunStateChange):
-            await result.apply()
-            return True
+        stack = None
         if result is SAVE_AND_REPEAT:
             status, run_state = record.status, RunState.RUNNING
         else:
@@ -313,10 +380,17 @@ class Engine(Generic[T, S]):
                 )
             terminal = self.graph.is_terminal(status)
             run_state = RunState.COMPLETED if terminal else RunState.RUNNING
+            if compensable:
+                stack = (*record.meta.compensations, record.status)
         new = self.next_version(
-            record, run_state=run_state, status=status, obj=self.encode(run.object), attempt=1
+            record,
+            run_state=run_state,
+            status=status,
+            obj=self.encode(run.object),
+            attempt=1,
+            compensations=stack,
         )
-        await self.write_after(record, new)
+        await self.write_after(record, new, extra=[(c, RunState.UNKNOWN) for c in children])
         return True
 
     def names(self, statuses: list[int]) -> list[str]:

@@ -28,6 +28,10 @@ class Graph:
             self._seen.add(n)
             self._nodes.append(n)
 
+    def add_node(self, n: int) -> None:
+        """A node without edges of its own (terminal unless edges are added from it)."""
+        self._node(n)
+
     def add(self, src: int, *dsts: int) -> None:
         self._node(src)
         if src not in self._from_order:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._consumers import (
+    child_finished_process,
+    compensation_process,
     connector_processes,
     delete_process,
     hook_processes,
@@ -29,6 +31,10 @@ def build_processes(wf: Engine[Any, Any]) -> list[Process]:
     procs.extend(timeout_processes(wf))
     procs.extend(connector_processes(wf))
     procs.extend(hook_processes(wf))
+    if any(cfg.children_done for cfg in wf.steps.values()):
+        procs.append(child_finished_process(wf))
+    if wf.compensated is not None or any(c.compensation for c in wf.steps.values()):
+        procs.append(compensation_process(wf))
     if wf.outbox is not None:
         procs.append(outbox_process(wf))
     procs.append(delete_process(wf))

@@ -25,6 +25,7 @@ from ._record import Record
 from ._retry import PausedBy, RetryPolicy
 from ._run import Run
 from ._runstate import RunState
+from ._saga import begin, compensate, compensation_policy
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -150,11 +151,18 @@ async def give_up(
     if isinstance(err, NonRetryableError):
         why = str(err)  # the user's own words, as before
     target = policy.on_exhausted
-    if target == "cancel":
+    if target == "compensate" and not record.meta.compensating:
+        new = begin(wf, record, why)
+        action, done = "compensate", "started the compensations of run"
+    elif target == "cancel":
         new = wf.next_version(record, run_state=RunState.CANCELLED, reason=why)
         action, done = "cancel", "cancelled run"
-    elif target == "pause":
-        by = PausedBy.NON_RETRYABLE if non_retryable else PausedBy.RETRIES_EXHAUSTED
+    elif target == "pause" or record.meta.compensating:
+        if record.meta.compensating:
+            by = PausedBy.COMPENSATION_FAILED
+            why = f"compensation failed: {why}"
+        else:
+            by = PausedBy.NON_RETRYABLE if non_retryable else PausedBy.RETRIES_EXHAUSTED
         new = wf.next_version(record, run_state=RunState.PAUSED, reason=why, paused_by=by)
         action, done = "pause", "paused run"
     else:
@@ -188,6 +196,10 @@ def retry_process(
     limit = _opt(opts, "concurrency")
     poll = _opt(opts, "polling_frequency").total_seconds()
     due_times = _due_times(wf, status)
+
+    async def compensation(proc: Process, run: Run[Any, Any]) -> None:
+        await compensate(wf, proc, run)
+
     outcomes = {
         ok: wf.metrics.retry_attempts.labels(wf.name, name, "ok" if ok else "failed")
         for ok in (True, False)
@@ -195,7 +207,10 @@ def retry_process(
 
     async def one(proc: Process, record: Record) -> None:
         t0 = time.perf_counter()
-        ok = await attempt(wf, proc, record, work, policy)
+        if record.meta.compensating:  # a failed compensation's retry (see _saga)
+            ok = await attempt(wf, proc, record, compensation, compensation_policy(wf, record))
+        else:
+            ok = await attempt(wf, proc, record, work, policy)
         outcomes[ok].inc()
         proc.latency.observe(time.perf_counter() - t0)
 

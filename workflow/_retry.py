@@ -31,6 +31,9 @@ class PausedBy(enum.StrEnum):
     """The step, callback or timeout paused its own run (``run.pause()``)."""
     OPERATOR = "operator"
     """Someone called ``wf.pause(run_id)``."""
+    COMPENSATION_FAILED = "compensation failed"
+    """A compensation (saga) failed under its retry policy: a person has to look. Resuming
+    the run tries the compensations left again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +50,9 @@ class RetryPolicy:
 
     - ``"pause"`` (the default): the run is paused, ``paused_by`` says why;
     - ``"cancel"``: the run is cancelled;
-    - ``"compensate"``: the run's compensations run (reserved: refused until compensation
-      exists);
+    - ``"compensate"``: the compensations of the steps the run completed run, newest first
+      (``add_step(...).compensate_with(fn)``), then the run ends at the workflow's
+      ``compensate_to`` status;
     - a status: the run moves there. It must be a declared transition of the step, e.g. a
       ``FAILED`` or a compensation status, checked by ``build()``.
 
@@ -91,12 +95,6 @@ class RetryPolicy:
             raise ValueError(
                 f"RetryPolicy.on_exhausted must be one of {list(EXHAUSTED_ACTIONS)} or a "
                 f"status (a member of the workflow's IntEnum), got {on!r}"
-            )
-        if on == "compensate":
-            raise ValueError(
-                'RetryPolicy(on_exhausted="compensate") needs compensations, which this '
-                "version does not have yet; move to a compensation status instead "
-                "(on_exhausted=Status.COMPENSATING)"
             )
 
     def backoff(self, attempt: int) -> timedelta:

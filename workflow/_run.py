@@ -30,6 +30,7 @@ SKIP = Directive("skip")
 SAVE_AND_REPEAT = Directive("save and repeat")
 
 Controller = Callable[["Run[Any, Any]", RunState, str], Awaitable[None]]
+ChildStarter = Callable[..., Record]
 
 
 class RunStateChange(Directive):
@@ -73,11 +74,20 @@ class Run(TypedRecord[T, S]):
     paused, resumed, cancelled and have its data deleted.
     """
 
-    __slots__ = ("_controller", "_state_changed", "attempt")
+    __slots__ = ("_children", "_controller", "_starter", "_state_changed", "attempt")
 
-    def __init__(self, record: Record, status: S, obj: T, controller: Controller) -> None:
+    def __init__(
+        self,
+        record: Record,
+        status: S,
+        obj: T,
+        controller: Controller,
+        starter: ChildStarter | None = None,
+    ) -> None:
         super().__init__(record, status, obj)
         self._controller = controller
+        self._starter = starter
+        self._children: list[Record] = []
         self._state_changed = False
         self.attempt: int = record.meta.attempt
         """The try of this status visit: 1 the first time, 2 on the first retry, and so on."""
@@ -97,3 +107,32 @@ class Run(TypedRecord[T, S]):
     def cancel(self, reason: str = "") -> RunStateChange:
         """Cancel the run (final). ``await`` it, or return it."""
         return RunStateChange(self, RunState.CANCELLED, reason)
+
+    def start_child(
+        self,
+        workflow: Any,
+        key: str,
+        *,
+        initial_value: Any = None,
+        start_at: Any = None,
+        foreign_id: str | None = None,
+    ) -> str:
+        """Start a run of ``workflow`` (another built workflow on the same record store, or
+        this one) as a child of this run, and return the child's run id.
+
+        The child is created together with what this step stores, in one transaction: when
+        the step moves the run (or saves and repeats), the parent's new version and every
+        child started in the step commit together, or none of them does. A step that
+        started children must store something (not skip). ``key`` names the child among
+        this run's children of one step (e.g. ``"flight"`` or an item id). A step that runs
+        again (a retry, a redelivered event) never adds a second set: only one attempt's
+        write commits. The child's run id is derived from the parent's run id, its visit to
+        the status and ``key``, so the retries of a step see the same ids. The child's
+        ``foreign_id`` defaults to ``"{parent foreign id}/{key}"``; its record names the
+        parent (``meta.parent_workflow``, ``meta.parent_run_id``).
+        """
+        if self._starter is None:
+            raise RuntimeError("start_child is only available inside a step")
+        child = self._starter(self, workflow, key, initial_value, start_at, foreign_id)
+        self._children.append(child)
+        return child.run_id

@@ -82,6 +82,9 @@ class Signals:
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._idle = False
+        # The workflows built on this store in this process, by name: a parent decodes its
+        # children's objects with their own workflow's types.
+        self.engines: dict[str, Any] = {}
 
     def waiter(self, channel: str) -> asyncio.Future[None]:
         """A future resolved at the next :meth:`notify` of ``channel``. Take it *before*

@@ -174,7 +174,11 @@ def _poller(
         except RecordNotFoundError:
             await store.cancel(timeout.id)
             return
-        if record.status != timeout.status or record.run_state.finished:
+        if (
+            record.status != timeout.status
+            or record.run_state.finished
+            or record.meta.compensating  # undoing its steps (a saga): no timer moves it
+        ):
             await store.cancel(timeout.id)
             return
         if record.run_state.stopped:

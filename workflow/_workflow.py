@@ -259,7 +259,12 @@ class Workflow(Generic[T, S]):
         changed = False
         for fn in fns:
             record = await self._engine.store.latest(self.name, foreign_id)
-            if record.status != int(st) or record.run_state.stopped or record.run_state.finished:
+            if (
+                record.status != int(st)
+                or record.run_state.stopped
+                or record.run_state.finished
+                or record.meta.compensating
+            ):
                 continue
             run = self._engine.new_run(record)
             result = await call_user(fn, run, data)
