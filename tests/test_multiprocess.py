@@ -15,8 +15,11 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from workflow import Filter, RunState
+from workflow.abc import RecordHistory
 from workflow.adapters.sqlschema import create_schema, history
 
+from .procs import family_worker as family
 from .procs.worker import Status, build, count_done, engine_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,3 +144,70 @@ async def test_a_killed_worker_is_replaced_and_every_run_finishes(database: Data
 
 
 _ = Status  # re-exported for readers of this module
+
+
+async def start_family_worker(db: Database, *extra: str) -> asyncio.subprocess.Process:
+    args = [sys.executable, "-m", "tests.procs.family_worker", "--url", db.url, *extra]
+    if db.schema:
+        args += ["--schema", db.schema]
+    proc = await asyncio.create_subprocess_exec(
+        *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE, env={**os.environ}
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    assert line.strip() == b"ready", line
+    return proc
+
+
+async def test_a_worker_killed_between_parents_and_children_loses_and_doubles_no_child(
+    database: Database,
+) -> None:
+    """The first worker runs only the parents' steps, each starting its children in its
+    transition, and is SIGKILLed when half the parents moved (some mid-transition, no child
+    stepped yet); a second worker finishes everything. Every parent has exactly its
+    children, each stepped once, and every transition was applied once."""
+    n = 120
+    engine = database.engine()
+    await create_schema(engine)
+    first = await start_family_worker(database, "--hold-children")
+    parents, _children, closers = family.build(engine, CollectorRegistry())
+    store = parents._engine.store
+    for i in range(n):
+        await parents.trigger(f"family-{i}")  # a producer-only process: never calls run()
+
+    async def at(status: int) -> int:
+        runs = await store.list("family", 0, 10 * n, "asc", Filter.by_status(status))
+        return len(runs)
+
+    deadline = time.monotonic() + 60
+    while await at(family.Family.WAITING) < n // 2:
+        assert time.monotonic() < deadline, "the first worker made no progress"
+        await asyncio.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    await first.wait()
+    members = await store.list("member", 0, 10 * n * family.CHILDREN)
+    assert members and all(m.meta.version == 1 for m in members)  # none stepped yet
+    second = await start_family_worker(database)
+    try:
+        deadline = time.monotonic() + 120
+        while await at(family.Family.DONE) < n:
+            assert time.monotonic() < deadline, f"only {await at(family.Family.DONE)} of {n}"
+            await asyncio.sleep(0.1)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(second.wait(), 30) == 0
+    assert isinstance(store, RecordHistory)
+    members = await store.list("member", 0, 10 * n * family.CHILDREN)
+    assert len(members) == n * family.CHILDREN  # none twice
+    for parent in await store.list("family", 0, 10 * n):
+        history = await store.history(parent.run_id)
+        assert [(r.meta.version, r.status) for r in history] == [(1, 1), (2, 2), (3, 3)]
+        kids = await store.list("member", 0, 100, "asc", Filter.by_parent(parent.run_id))
+        obj = json.loads(parent.object)
+        assert [k.run_id for k in kids] == obj["children"] == obj["seen"]  # none lost
+        for k in kids:
+            assert k.run_state is RunState.COMPLETED and json.loads(k.object)["stepped"] == 1
+            assert [r.meta.version for r in await store.history(k.run_id)] == [1, 2]
+    for c in closers:
+        await c.close()
+    await engine.dispose()
