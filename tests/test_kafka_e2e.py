@@ -26,6 +26,7 @@ from workflow.adapters.sqltimeout import SQLTimeoutStore
 from workflow.testing import FakeClock, wait_for
 
 from . import test_e2e_backends as e2e
+from . import test_composition as comp
 from . import test_failure_handling as fh
 from .backends import Backend
 from .procs.kafka_worker import FAST, build, namespace, need_kafka
@@ -230,3 +231,40 @@ async def test_a_status_with_a_failing_step_and_a_timer_arms_the_timer_once(
     backend: Backend,
 ) -> None:
     await fh.test_a_status_with_a_failing_step_and_a_timer_arms_the_timer_once(backend)
+
+
+# -- composition on Kafka (the scenarios of test_composition.py) -----------------------------
+
+
+async def test_children_start_with_their_parent_and_the_parent_collects_them(
+    backend: Backend,
+) -> None:
+    await comp.test_children_start_with_their_parent_and_the_parent_collects_them(backend)
+
+
+async def test_the_parent_waits_until_the_last_child_finishes(backend: Backend) -> None:
+    await comp.test_the_parent_waits_until_the_last_child_finishes(backend)
+
+
+async def test_no_child_is_stored_when_the_parent_write_is_refused(backend: Backend) -> None:
+    await comp.test_no_child_is_stored_when_the_parent_write_is_refused(backend)
+
+
+async def test_cancelling_a_parent_cancels_its_unfinished_children(backend: Backend) -> None:
+    await comp.test_cancelling_a_parent_cancels_its_unfinished_children(backend)
+
+
+async def test_deleting_a_parents_data_deletes_its_childrens(backend: Backend) -> None:
+    await comp.test_deleting_a_parents_data_deletes_its_childrens(backend)
+
+
+async def test_a_fan_in_deadline_moves_the_parent_on(backend: Backend) -> None:
+    await comp.test_a_fan_in_deadline_moves_the_parent_on(backend)
+
+
+async def test_a_saga_undoes_the_completed_steps_newest_first(backend: Backend) -> None:
+    await comp.test_a_saga_undoes_the_completed_steps_newest_first(backend)
+
+
+async def test_a_failing_compensation_pauses_for_a_person_and_resumes(backend: Backend) -> None:
+    await comp.test_a_failing_compensation_pauses_for_a_person_and_resumes(backend)
