@@ -25,8 +25,8 @@ from workflow.adapters.sqlstore import SQLRecordStore
 from workflow.adapters.sqltimeout import SQLTimeoutStore
 from workflow.testing import FakeClock, wait_for
 
-from . import test_e2e_backends as e2e
 from . import test_composition as comp
+from . import test_e2e_backends as e2e
 from . import test_failure_handling as fh
 from .backends import Backend
 from .procs.kafka_worker import FAST, build, namespace, need_kafka
