@@ -98,6 +98,8 @@ def record_row(record: Record, time: TimeCodec) -> dict[str, Any]:
         "attempt": meta.attempt,
         "retry_at": None if meta.retry_at is None else time(meta.retry_at),
         "paused_by": meta.paused_by,
+        "compensations": _stack(meta.compensations) if meta.compensations else None,
+        "compensating": meta.compensating,
         "prev": meta.version - 1,
     }
     if meta.version == 1:
@@ -108,8 +110,19 @@ def record_row(record: Record, time: TimeCodec) -> dict[str, Any]:
             created_at=time(record.created_at),
             trace_origin=meta.trace_origin,
             idempotency_key=meta.idempotency_key,
+            parent_workflow_name=meta.parent_workflow or None,
+            parent_run_id=meta.parent_run_id or None,
         )
     return row
+
+
+def _stack(compensations: tuple[int, ...]) -> str:
+    """``meta.compensations`` as stored: ``"3,5"``, oldest first (NULL when empty)."""
+    return ",".join(str(int(s)) for s in compensations)
+
+
+def _unstack(stored: str | None) -> tuple[int, ...]:
+    return tuple(int(s) for s in stored.split(",")) if stored else ()
 
 
 def decode_time(value: Any) -> datetime:
@@ -130,7 +143,8 @@ _RECORD_FIELDS = itemgetter(
             *("workflow_name", "foreign_id", "run_id", "run_state", "status", "object"),
             *("created_at", "updated_at", "run_state_reason", "status_description"),
             *("version", "trace_origin", "attempt", "retry_at", "paused_by"),
-            "idempotency_key",
+            *("idempotency_key", "parent_workflow_name", "parent_run_id", "compensations"),
+            "compensating",
         )
     )
 )
@@ -155,6 +169,10 @@ def record_from(row: Sequence[Any]) -> Record:
         retry_at,
         paused_by,
         idempotency_key,
+        parent_workflow_name,
+        parent_run_id,
+        compensations,
+        compensating,
     ) = _RECORD_FIELDS(row)
     return Record(
         workflow_name=workflow_name,
@@ -174,6 +192,10 @@ def record_from(row: Sequence[Any]) -> Record:
             retry_at=None if retry_at is None else decode_time(retry_at),
             paused_by=paused_by,
             idempotency_key=idempotency_key,
+            parent_workflow=parent_workflow_name or "",
+            parent_run_id=parent_run_id or "",
+            compensations=_unstack(compensations),
+            compensating=bool(compensating),
         ),
     )
 

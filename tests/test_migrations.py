@@ -34,7 +34,7 @@ from .conftest import _need_postgres
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = frozenset(metadata.tables)
-HEAD = "0002"
+HEAD = "0003"
 UNFINISHED = (RunState.INITIATED, RunState.RUNNING, RunState.PAUSED)
 
 
