@@ -88,9 +88,7 @@ class EventStreamer(Protocol):
 class Filter:
     """A filter for :meth:`RecordStore.list`. Build one with the class methods."""
 
-    kind: Literal[
-        "foreign_id", "status", "run_state", "created_after", "created_before", "parent"
-    ]
+    kind: Literal["foreign_id", "status", "run_state", "created_after", "created_before", "parent"]
     values: tuple[str | int, ...] = ()
     time: datetime | None = None
 

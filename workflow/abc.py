@@ -12,7 +12,8 @@ and :class:`EventReceiver`), :class:`RoleScheduler` (with :class:`Lease`),
 
 Optional capabilities (``isinstance`` checks, so a method of that name is all it takes):
 :class:`RecordHistory`, :class:`RunVersions`, :class:`StatusCounts`, :class:`OutboxBulkDelete`,
-:class:`AtomicWrites` and :class:`DirectPublisher` for record stores; :class:`BatchSender` for event senders.
+:class:`AtomicWrites` and :class:`DirectPublisher` for record stores; :class:`BatchSender` for
+event senders.
 """
 
 from __future__ import annotations
