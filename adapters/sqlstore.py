@@ -335,6 +335,11 @@ def _condition(f: Filter, workflow_name: str) -> Any:
         return records.c.status.in_([int(v) for v in f.values])
     if f.kind == "run_state":
         return records.c.run_state.in_([int(v) for v in f.values])
+    if f.kind == "parent":
+        ids = [str(v) for v in f.values if not _unstorable(str(v))]
+        children = records.c.parent_run_id.in_([i for i in ids if i])
+        # "" is no parent, stored as NULL
+        return sa.or_(children, records.c.parent_run_id.is_(None)) if "" in ids else children
     if f.kind == "created_after":
         return records.c.created_at > f.time
     if f.kind == "created_before":
