@@ -25,7 +25,7 @@ from .sqlschema import history, metadata, reading, records
 
 __all__ = ["SCHEMA_REVISION", "check_schema"]
 
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 """The alembic revision (``migrations/versions``) these adapters need: the head."""
 
 UNIQUE_INDEX = "uq_workflow_records_unfinished"

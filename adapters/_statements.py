@@ -98,6 +98,8 @@ def record_row(record: Record, time: TimeCodec) -> dict[str, Any]:
         "attempt": meta.attempt,
         "retry_at": None if meta.retry_at is None else time(meta.retry_at),
         "paused_by": meta.paused_by,
+        "compensations": _stack(meta.compensations) if meta.compensations else None,
+        "compensating": meta.compensating,
         "prev": meta.version - 1,
     }
     if meta.version == 1:
@@ -108,8 +110,19 @@ def record_row(record: Record, time: TimeCodec) -> dict[str, Any]:
             created_at=time(record.created_at),
             trace_origin=meta.trace_origin,
             idempotency_key=meta.idempotency_key,
+            parent_workflow_name=meta.parent_workflow or None,
+            parent_run_id=meta.parent_run_id or None,
         )
     return row
+
+
+def _stack(compensations: tuple[int, ...]) -> str:
+    """``meta.compensations`` as stored: ``"3,5"``, oldest first (NULL when empty)."""
+    return ",".join(str(int(s)) for s in compensations)
+
+
+def _unstack(stored: str | None) -> tuple[int, ...]:
+    return tuple(int(s) for s in stored.split(",")) if stored else ()
 
 
 def decode_time(value: Any) -> datetime:
@@ -130,7 +143,8 @@ _RECORD_FIELDS = itemgetter(
             *("workflow_name", "foreign_id", "run_id", "run_state", "status", "object"),
             *("created_at", "updated_at", "run_state_reason", "status_description"),
             *("version", "trace_origin", "attempt", "retry_at", "paused_by"),
-            "idempotency_key",
+            *("idempotency_key", "parent_workflow_name", "parent_run_id", "compensations"),
+            "compensating",
         )
     )
 )
@@ -155,6 +169,10 @@ def record_from(row: Sequence[Any]) -> Record:
         retry_at,
         paused_by,
         idempotency_key,
+        parent_workflow_name,
+        parent_run_id,
+        compensations,
+        compensating,
     ) = _RECORD_FIELDS(row)
     return Record(
         workflow_name=workflow_name,
@@ -174,6 +192,10 @@ def record_from(row: Sequence[Any]) -> Record:
             retry_at=None if retry_at is None else decode_time(retry_at),
             paused_by=paused_by,
             idempotency_key=idempotency_key,
+            parent_workflow=parent_workflow_name or "",
+            parent_run_id=parent_run_id or "",
+            compensations=_unstack(compensations),
+            compensating=bool(compensating),
         ),
     )
 
@@ -350,8 +372,11 @@ def _pg_event_params(rows: Sequence[Mapping[str, Any]], batch: bool) -> dict[str
     return {p: [r[n] for r in rows] for p, n in _EVENT_PARAMS}
 
 
-_PG_APPEND_EVENTS = sa.text(f"WITH {_postgres.TOPIC_LOCK} {pg_insert_events()}")
-"""A batch of events of one topic, under its lock (through SQLAlchemy: :func:`insert_events`)."""
+PG_APPEND_EVENTS = Statement(f"WITH {_postgres.TOPIC_LOCK} {pg_insert_events()}")
+"""A batch of events of one topic, under its lock (on the driver: a record store's
+``store_many``)."""
+_PG_APPEND_EVENTS = sa.text(PG_APPEND_EVENTS.text)
+"""The same through SQLAlchemy (:func:`insert_events`)."""
 
 
 def _pg_store(first: bool, deleted: bool, direct: bool) -> Statement:
@@ -400,6 +425,65 @@ _PG_STORE = {
     for direct in (False, True)
     if not (first and deleted)  # DATA_DELETED is an update, never a first version
 }
+
+
+# Several runs in one transaction (a record store's store_many): the topics' insert locks
+# first, in topic order; then the rows of the runs it updates, in run id order (writers of
+# several runs lock them in one order: no cycle); then each run's _PG_STORE statement, and the
+# extra outbox rows or events.
+
+PG_LOCK_TOPIC = Statement(f"WITH {_postgres.TOPIC_LOCK} SELECT count(*) FROM l")
+PG_LOCK_RUNS = Statement(
+    f"SELECT run_id FROM {records.name} WHERE run_id = ANY(CAST(:run_ids AS TEXT[])) "
+    "ORDER BY run_id FOR UPDATE"
+)
+PG_INSERT_OUTBOX = Statement(
+    f"INSERT INTO {outbox.name} ({', '.join(OUTBOX)}) VALUES ({_pg_values(outbox, OUTBOX)})"
+)
+
+
+def pg_store(
+    row: dict[str, Any],
+    outbox: dict[str, Any] | None,
+    event: dict[str, Any] | None,
+    lock: dict[str, Any] | None,
+) -> tuple[Statement, dict[str, Any]]:
+    """The statement of :func:`store` on PostgreSQL and its parameters (``row`` is updated)."""
+    first = row["version"] == 1
+    deleted = not first and row["run_state"] == RunState.DATA_DELETED
+    if outbox is not None:
+        row.update({p: outbox[n] for p, n in _OUTBOX_PARAMS})
+    else:
+        assert event is not None and lock is not None
+        row.update(_pg_event_params([event], False))
+        row.update(lock)
+    return _PG_STORE[(first, deleted, outbox is None)], row
+
+
+def pg_events(rows: list[dict[str, Any]], lock: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of :data:`PG_APPEND_EVENTS`."""
+    return {**_pg_event_params(rows, True), **lock}
+
+
+def sqlite_store(
+    row: dict[str, Any], outbox: dict[str, Any] | None, event: dict[str, Any] | None
+) -> Callable[[sqlite3.Connection], int]:
+    """The write of :func:`store` on SQLite, for a job of a larger transaction."""
+    if outbox is not None:
+        return partial(_sqlite_store, row, partial(_sqlite_outbox, outbox))
+    assert event is not None
+    return partial(_sqlite_store, row, partial(_sqlite_events, [event]))
+
+
+def sqlite_append(
+    outbox_rows: Sequence[dict[str, Any]], appended: list[dict[str, Any]], conn: sqlite3.Connection
+) -> None:
+    """Outbox rows and events (:func:`outbox_row`, :func:`event_rows`) in the caller's SQLite
+    write transaction."""
+    for row in outbox_rows:
+        _sqlite_outbox(row, conn)
+    if appended:
+        _sqlite_events(appended, conn)
 
 
 # -- the writes ------------------------------------------------------------------------------

@@ -144,6 +144,7 @@ _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 _RETRYING = "retry_at IS NOT NULL"
 _KEYED = "idempotency_key IS NOT NULL"
+_CHILD = "parent_run_id IS NOT NULL"
 _UNFINISHED = "run_state IN (1, 2, 3)"  # Initiated, Running, Paused
 
 metadata = sa.MetaData()
@@ -169,6 +170,12 @@ records = sa.Table(
     sa.Column("retry_at", UTCDateTime(), nullable=True),
     sa.Column("paused_by", sa.Text(), nullable=False, server_default=""),
     sa.Column("idempotency_key", sa.String(255), nullable=True),
+    # composition (0003): a child names its parent run (NULL: no parent); the saga's stack of
+    # compensable statuses as text ("3,5", oldest first; NULL: empty) and whether it unwinds
+    sa.Column("parent_workflow_name", sa.String(255), nullable=True),
+    sa.Column("parent_run_id", sa.String(64), nullable=True),
+    sa.Column("compensations", sa.Text(), nullable=True),
+    sa.Column("compensating", sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.UniqueConstraint("run_id", name="uq_workflow_records_run_id"),
     sa.Index("ix_workflow_records_key", "foreign_key", "id"),
     sa.Index("ix_workflow_records_workflow", "workflow_name", "id"),
@@ -199,6 +206,13 @@ records = sa.Table(
         sqlite_where=sa.text(_KEYED),
         postgresql_where=sa.text(_KEYED),
     ),
+    # The children of a run (Filter.by_parent); most runs have no parent.
+    sa.Index(
+        "ix_workflow_records_parent",
+        "parent_run_id",
+        sqlite_where=sa.text(_CHILD),
+        postgresql_where=sa.text(_CHILD),
+    ),
 )
 
 history = sa.Table(
@@ -215,6 +229,8 @@ history = sa.Table(
     sa.Column("attempt", sa.Integer(), nullable=False, server_default="1"),
     sa.Column("retry_at", UTCDateTime(), nullable=True),
     sa.Column("paused_by", sa.Text(), nullable=False, server_default=""),
+    sa.Column("compensations", sa.Text(), nullable=True),
+    sa.Column("compensating", sa.Boolean(), nullable=False, server_default=sa.false()),
 )
 
 outbox = sa.Table(

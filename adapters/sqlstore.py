@@ -43,6 +43,7 @@ from ._statements import (
     select_history,
     select_records,
 )
+from ._storemany import Refused, write_many
 from .sqlschema import create_schema, foreign_key, history, outbox, reading, records
 from .sqlstreamer import SQLStreamer
 
@@ -152,6 +153,46 @@ class SQLRecordStore:
                 await streamer.published(tp, 1)  # after a failure: one spurious wake-up
         if written != 1:
             raise _stale(record)
+
+    async def store_many(
+        self, records: Sequence[Record], events: Sequence[OutboxEvent] = ()
+    ) -> None:
+        """Store every record as :meth:`store` would, and ``events`` (outbox rows of their
+        ``workflow_name``, or with ``streamer=`` events on the topic of their headers), in one
+        transaction; on the first refusal nothing is written and the error is the one
+        :meth:`store` would raise for that record (:class:`~workflow.abc.AtomicWrites`)."""
+        if not records and not events:
+            return
+        if not self._schema_checked:
+            await check_schema(self.engine)
+            self._schema_checked = True
+        try:
+            await write_many(self._db, self._streamer, records, events)
+        except Refused as refused:
+            raise await self._refusal(records, refused) from None
+
+    async def _refusal(self, records: Sequence[Record], refused: Refused) -> Exception:
+        """What :meth:`store` would raise for the run ``store_many`` found refused (a run
+        created before it in the same call counts as stored)."""
+        record, err = records[refused.index], refused.cause
+        if err is None:
+            return _stale(record)
+        if not _unique_violation(err):
+            return err
+        used = await self._key_holder(record)
+        if used is not None:
+            return used
+        key = record.meta.idempotency_key
+        if record.meta.version == 1 and key is not None:  # held by a new run of this call?
+            mine = (1, record.workflow_name, key)
+            for r in records[: refused.index]:
+                if (r.meta.version, r.workflow_name, r.meta.idempotency_key) == mine:
+                    return IdempotencyKeyUsedError(
+                        f"run {r.run_id} of workflow {record.workflow_name!r} already has "
+                        f"idempotency key {key!r}",
+                        r.run_id,
+                    )
+        return self._refused(err, record)
 
     @staticmethod
     def _refused(err: Exception, record: Record) -> Exception:
@@ -335,6 +376,11 @@ def _condition(f: Filter, workflow_name: str) -> Any:
         return records.c.status.in_([int(v) for v in f.values])
     if f.kind == "run_state":
         return records.c.run_state.in_([int(v) for v in f.values])
+    if f.kind == "parent":
+        ids = [str(v) for v in f.values if not _unstorable(str(v))]
+        children = records.c.parent_run_id.in_([i for i in ids if i])
+        # "" is no parent, stored as NULL
+        return sa.or_(children, records.c.parent_run_id.is_(None)) if "" in ids else children
     if f.kind == "created_after":
         return records.c.created_at > f.time
     if f.kind == "created_before":

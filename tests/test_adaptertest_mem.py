@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -267,10 +268,44 @@ class _KeepsDeletedData(MemRecordStore):
         self._history[record.run_id][: len(kept)] = kept
 
 
+class _OneAtATime(MemRecordStore):
+    """store_many as a loop of stores: what is written before a refusal stays."""
+
+    async def store_many(
+        self, records: Sequence[Record], events: Sequence[OutboxEvent] = ()
+    ) -> None:
+        for record in records:
+            await self.store(record)
+        await super().store_many([], events)
+
+
+class _DropsExtraEvents(MemRecordStore):
+    async def store_many(
+        self, records: Sequence[Record], events: Sequence[OutboxEvent] = ()
+    ) -> None:
+        await super().store_many(records)
+
+
+class _ForgetsTheParent(MemRecordStore):
+    async def store(self, record: Record) -> None:
+        meta = replace(record.meta, parent_workflow="", parent_run_id="")
+        await super().store(replace(record, meta=meta))
+
+
+class _LastCompensationOnly(MemRecordStore):
+    async def store(self, record: Record) -> None:
+        meta = replace(record.meta, compensations=record.meta.compensations[-1:])
+        await super().store(replace(record, meta=meta))
+
+
 @pytest.mark.parametrize(
     ("store", "message"),
     [
         (_NoVersionCheck, "storing version 3 over version 1 was accepted"),
+        (_OneAtATime, r"a refused store_many \(one stale update among new runs\) published"),
+        (_DropsExtraEvents, "want each record's event and the extra event"),
+        (_ForgetsTheParent, "lookup of a child run"),
+        (_LastCompensationOnly, r"history version 3 \(compensations\)"),
         (_LatestWritten, r"latest \(after an update of an older run\)"),
         (_DescReversesAscPage, "desc must return the newest first"),
         (_TwoRunsAtOnce, "a second run of a foreign id whose run is unfinished"),

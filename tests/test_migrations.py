@@ -13,6 +13,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +28,16 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from workflow import RunState
-from workflow.adapters.sqlschema import make_engine, metadata
+from workflow import Filter, Meta, Record, RunState
+from workflow.adapters._sqlsetup import SchemaError
+from workflow.adapters.sqlschema import foreign_key, make_engine, metadata
+from workflow.adapters.sqlstore import SQLRecordStore
 
 from .conftest import _need_postgres
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = frozenset(metadata.tables)
-HEAD = "0002"
+HEAD = "0003"
 UNFINISHED = (RunState.INITIATED, RunState.RUNNING, RunState.PAUSED)
 
 
@@ -213,6 +216,89 @@ async def test_the_unfinished_run_index_admits_one_unfinished_run_per_key(
         with pytest.raises(sa.exc.IntegrityError):
             async with database.engine.begin() as conn:
                 await conn.execute(insert, row(f"second-{state.name}", state))
+
+
+async def test_0003_adds_the_composition_columns_to_a_database_at_0002(
+    database: Database,
+) -> None:
+    """A database at 0002 is refused (naming the missing columns), ``upgrade head`` adds them
+    (a run written before reads as one without a parent or compensations), and ``downgrade
+    0002`` removes them again, keeping the runs."""
+    migrating = database.default or database.engine
+
+    async def migrate(how: Any, revision: str) -> None:
+        async with migrating.begin() as conn:
+            await conn.run_sync(lambda c: how(_config(c, schema=database.schema), revision))
+
+    await migrate(command.upgrade, "0002")
+    async with database.engine.connect() as conn:
+        at_0002 = await conn.run_sync(_snapshot)
+    records, history = (
+        metadata.tables["workflow_records"],
+        metadata.tables["workflow_record_history"],
+    )
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    old = Record("wf", "old", "old-run", RunState.RUNNING, 2, b"{}", at, at, Meta(version=1))
+    version = {"run_id": "old-run", "version": 1, "run_state": 2, "status": 2, "object": b"{}"}
+    async with database.engine.begin() as conn:  # only the columns of 0002
+        await conn.execute(
+            records.insert().values(
+                **version,
+                workflow_name="wf",
+                foreign_id="old",
+                foreign_key=foreign_key("wf", "old"),
+                created_at=at,
+                updated_at=at,
+            )
+        )
+        await conn.execute(history.insert().values(**version, updated_at=at))
+
+    store = SQLRecordStore(database.engine)
+    child = Record(
+        "wf",
+        "child",
+        "child-run",
+        RunState.INITIATED,
+        1,
+        b"{}",
+        at,
+        at,
+        Meta(version=1, parent_workflow="wf", parent_run_id="old-run", compensations=(1, 2)),
+    )
+    with pytest.raises(SchemaError) as refused:
+        await store.store(child)
+    for column in (
+        "workflow_records.parent_workflow_name",
+        "workflow_records.parent_run_id",
+        "workflow_records.compensating",
+        "workflow_record_history.compensations",
+    ):
+        assert f"column {column} is missing" in str(refused.value)
+    assert "revision 0003" in str(refused.value)
+
+    await migrate(command.upgrade, "head")
+    # as the application restarted: asyncpg's statement cache on a pooled connection would
+    # refuse the schema check's SELECT * once after the table changed (SQLAlchemy then clears it)
+    await database.engine.dispose()
+    await store.store(child)  # checked again, and accepted
+    assert await store.lookup("old-run") == old
+    assert await store.history("old-run") == [old]
+    assert [r.run_id for r in await store.list("", 0, 10, "asc", Filter.by_parent("old-run"))] == [
+        "child-run"
+    ]
+    assert await store.lookup("child-run") == child
+    async with database.engine.connect() as conn:
+        assert await conn.run_sync(_diffs) == []
+
+    await migrate(command.downgrade, "0002")
+    async with database.engine.connect() as conn:
+        assert await conn.run_sync(_version) == ["0002"]
+        assert await conn.run_sync(_snapshot) == at_0002  # columns, indexes (WHERE too)
+        count = (await conn.execute(sa.select(sa.func.count()).select_from(records))).scalar()
+    assert count == 2
+    await migrate(command.upgrade, "head")
+    async with database.engine.connect() as conn:
+        assert await conn.run_sync(_diffs) == []
 
 
 def test_alembic_command_line_upgrades_the_database_in_the_environment(tmp_path: Path) -> None:

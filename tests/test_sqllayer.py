@@ -144,6 +144,23 @@ def test_the_written_columns_come_from_the_tables() -> None:
     read = [*_statements.RECORD_READ]
     assert read == [c for c in _statements.RECORD_WRITE if c != "foreign_key"]
     assert _statements.record_from([row[c] for c in read]) == record
+    child = replace(
+        record,
+        meta=Meta(
+            version=1,
+            parent_workflow="parent wf",
+            parent_run_id="p-1",
+            compensations=(3, 5, -1),
+            compensating=True,
+        ),
+    )
+    row = _statements.record_row(child, _statements.decode_time)
+    assert (row["compensations"], row["parent_run_id"]) == ("3,5,-1", "p-1")
+    assert _statements.record_from([row[c] for c in read]) == child
+    # "" and () are stored as NULL
+    assert row.keys() >= {"parent_workflow_name", "parent_run_id", "compensations"}
+    plain = _statements.record_row(record, _statements.decode_time)
+    assert plain["parent_run_id"] is plain["parent_workflow_name"] is plain["compensations"] is None
 
 
 async def test_an_engine_keeps_its_shared_machinery() -> None:

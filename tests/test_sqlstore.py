@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from datetime import UTC, datetime
 
@@ -164,3 +165,80 @@ async def test_a_store_cancelled_before_it_is_written_writes_nothing(
     with pytest.raises(RecordNotFoundError):
         await store.lookup("rb")
     assert await _count(sqlite_engine, outbox) == 1
+
+
+# -- store_many ------------------------------------------------------------------------------
+
+
+async def test_store_many_of_runs_in_opposite_orders_never_deadlocks(
+    sql_engine: AsyncEngine,
+) -> None:
+    """Two calls updating the same runs, listed in opposite orders, at once: the rows are
+    locked in one order (PostgreSQL), so one call wins and the other is stale, never a
+    deadlock (which PostgreSQL would break after a second with another error)."""
+    from dataclasses import replace
+
+    store = SQLRecordStore(sql_engine)
+    for round_ in range(5):
+        runs = [_record(f"o{round_}-{i}", f"o{round_}-{i}") for i in range(4)]
+        await store.store_many(runs)
+        nxt = [replace(r, run_state=RunState.RUNNING, status=2, meta=Meta(version=2)) for r in runs]
+        results = await asyncio.gather(
+            store.store_many(nxt), store.store_many(nxt[::-1]), return_exceptions=True
+        )
+        assert sorted(type(r).__name__ for r in results) == ["ConcurrentUpdateError", "NoneType"]
+        assert {(await store.lookup(r.run_id)).meta.version for r in runs} == {2}
+
+
+async def test_store_many_alongside_stores_is_applied_or_refused_as_a_whole(
+    sql_engine: AsyncEngine,
+) -> None:
+    """Concurrent single stores and store_many calls (committed together on SQLite, a
+    savepoint each): a refused store_many leaves nothing, and takes nothing else with it."""
+    from dataclasses import replace
+
+    store = SQLRecordStore(sql_engine)
+    first = [_record(f"m{i}", f"m{i}") for i in range(6)]
+    await asyncio.gather(*(store.store(r) for r in first))
+
+    def at(r: Record, version: int) -> Record:
+        return replace(r, run_state=RunState.RUNNING, status=version, meta=Meta(version=version))
+
+    writes = [
+        store.store_many([at(first[0], 2), at(first[1], 2)]),  # applied
+        store.store_many([at(first[2], 2), at(first[3], 3)]),  # refused: m3 is at version 1
+        store.store(at(first[4], 2)),
+        store.store_many([_record("new", "n1"), _record("new", "n2")]),  # refused: one fid
+        store.store(at(first[5], 2)),
+    ]
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    assert results[0] is None and results[2] is None and results[4] is None
+    assert isinstance(results[1], ConcurrentUpdateError) and "m3" in str(results[1])
+    assert isinstance(results[3], WorkflowInProgressError)
+    versions = {r.run_id: (await store.lookup(r.run_id)).meta.version for r in first}
+    assert versions == {"m0": 2, "m1": 2, "m2": 1, "m3": 1, "m4": 2, "m5": 2}
+    for run_id in ("n1", "n2"):
+        with pytest.raises(RecordNotFoundError):
+            await store.lookup(run_id)
+    assert await _count(sql_engine, outbox) == 6 + 4
+    assert await _count(sql_engine, history) == 6 + 4
+
+
+async def test_a_cancelled_store_many_is_written_or_not_as_a_whole(
+    sql_engine: AsyncEngine,
+) -> None:
+    from workflow.adapters._fastsql import returned
+
+    store = SQLRecordStore(sql_engine)
+    await store.store(_record("warm", "warm"))  # the schema check is behind us
+    for i in range(20):
+        runs = [_record(f"c{i}-{j}", f"c{i}-{j}") for j in range(3)]
+        call = asyncio.ensure_future(store.store_many(runs))
+        for _ in range(i % 5):
+            await asyncio.sleep(0)
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+        await returned()
+        found = [r.run_id for r in await store.list("wf", 0, 100) if r.run_id.startswith(f"c{i}-")]
+        assert found in ([], [r.run_id for r in runs])

@@ -24,8 +24,19 @@ from workflow import (
     WorkflowInProgressError,
     make_outbox_event,
 )
+from workflow._record import CHILD_RUN_ID
+from workflow.abc import make_child_finished_event
+from workflow.adapters.adaptertest import run_atomic_writes_test
 from workflow.adapters.memrolescheduler import MemRoleScheduler
-from workflow.adapters.sqlschema import create_schema, events, make_engine, outbox
+from workflow.adapters.sqlschema import (
+    create_schema,
+    cursors,
+    events,
+    history,
+    make_engine,
+    outbox,
+    records,
+)
 from workflow.adapters.sqlstore import SQLRecordStore
 from workflow.adapters.sqlstreamer import SQLStreamer, insert_events
 from workflow.testing import FakeClock
@@ -62,6 +73,22 @@ def _topic(record: Record) -> str:
 async def _count(engine: AsyncEngine, table: sa.Table) -> int:
     async with engine.connect() as conn:
         return int((await conn.execute(sa.select(sa.func.count()).select_from(table))).scalar_one())
+
+
+async def test_conformance_of_what_child_workflows_need(
+    sql_engine: AsyncEngine, streamer: SQLStreamer
+) -> None:
+    """The composition checks (``store_many`` included) on a store that publishes directly:
+    what it published is read from the streamer's topics."""
+
+    async def empty() -> SQLRecordStore:
+        async with sql_engine.begin() as conn:
+            for table in (outbox, history, records, events, cursors):
+                await conn.execute(table.delete())
+        return SQLRecordStore(sql_engine, streamer=streamer)
+
+    await run_atomic_writes_test(empty)
+    assert await _count(sql_engine, outbox) == 0  # events only, never an outbox row
 
 
 async def test_the_event_is_stored_with_the_record_and_wakes_receivers(
@@ -196,3 +223,80 @@ async def test_build_refuses_a_store_that_publishes_to_another_streamer(
     finally:
         await mine.close()
         await other.close()
+
+
+async def test_store_many_wakes_the_receivers_of_every_topic_it_writes(
+    sql_engine: AsyncEngine, streamer: SQLStreamer
+) -> None:
+    store = SQLRecordStore(sql_engine, streamer=streamer)
+    parent = _record("p")
+    await store.store(parent)
+    moved = dataclasses.replace(parent, status=2, run_state=RunState.RUNNING, meta=Meta(version=2))
+    child = dataclasses.replace(
+        _record("c"), meta=Meta(version=1, parent_workflow="direct", parent_run_id="p")
+    )
+    told = make_child_finished_event(dataclasses.replace(child, run_state=RunState.COMPLETED))
+    topics = [_topic(moved), _topic(child), told.parts()[2][Header.TOPIC]]
+    assert len(set(topics)) == 3
+    receivers = [
+        await streamer.new_receiver(tp, "reader", stream_from_latest=True) for tp in topics
+    ]
+    got = [asyncio.ensure_future(take(r, 1)) for r in receivers]
+    for r in receivers:
+        await waiting(r)  # polls every 30 s: only the store's wake-ups can deliver
+    await store.store_many([moved, child], [told])
+    (a,), (b,), (c,) = await asyncio.wait_for(asyncio.gather(*got), 2)
+    assert (a.foreign_id, a.headers[Header.RECORD_VERSION]) == ("p", "2")
+    assert (b.foreign_id, b.headers[Header.RECORD_VERSION]) == ("c", "1")
+    assert (c.foreign_id, c.headers[CHILD_RUN_ID]) == ("p", "c")
+    assert await _count(sql_engine, outbox) == 0
+
+
+async def test_store_many_takes_the_lock_of_an_extra_event_topic(
+    pg_engine: AsyncEngine, clock: FakeClock
+) -> None:
+    """PostgreSQL: the topic lock of an extra event (no record of the call publishes there)
+    is taken too, so its event id cannot become visible before an earlier writer's."""
+    streamer = SQLStreamer(pg_engine, clock=clock, poll_frequency=30)
+    store = SQLRecordStore(pg_engine, streamer=streamer)
+    child = dataclasses.replace(
+        _record("c"), meta=Meta(version=1, parent_workflow="parent", parent_run_id="p")
+    )
+    told = make_child_finished_event(child)
+    topic = told.parts()[2][Header.TOPIC]
+    receiver = await streamer.new_receiver(topic, "reader")
+    try:
+        async with pg_engine.connect() as conn:
+            txn = await conn.begin()
+            await insert_events(conn, topic, [("early", 1, {})], clock.now())
+            storing = asyncio.ensure_future(store.store_many([child], [told]))
+
+            async def blocked() -> bool:
+                return await _blocked_inserts(pg_engine, topic) == 1
+
+            await until(blocked, "store_many to wait for the topic lock")
+            assert not storing.done()
+            await txn.commit()
+        await asyncio.wait_for(storing, 2)
+        got = await take(receiver, 2)
+        assert [e.foreign_id for e in got] == ["early", "p"]
+        assert got[0].id < got[1].id
+    finally:
+        await streamer.close()
+
+
+async def test_store_many_calls_publishing_to_topics_in_opposite_orders_never_deadlock(
+    sql_engine: AsyncEngine, streamer: SQLStreamer
+) -> None:
+    """One call's record publishes to topic 1 and its extra event to topic 2, another's the
+    other way round: every topic lock is taken first, in topic order (PostgreSQL), so both
+    are written (a lock-order cycle would make PostgreSQL abort one after a second)."""
+    store = SQLRecordStore(sql_engine, streamer=streamer)
+    for i in range(5):
+        one, two = _record(f"a{i}", status=1), _record(f"b{i}", status=2)
+        extra_two = make_outbox_event(_record(f"x{i}", status=2))
+        extra_one = make_outbox_event(_record(f"y{i}", status=1))
+        await asyncio.gather(
+            store.store_many([one], [extra_two]), store.store_many([two], [extra_one])
+        )
+    assert await _count(sql_engine, events) == 5 * 4

@@ -23,6 +23,7 @@ from ._store import (
     _same,
     core_checks,
 )
+from ._store_many import composition_checks
 
 __all__ = ["run_record_store_test"]
 
@@ -185,7 +186,9 @@ async def run_record_store_test(factory: RecordStoreFactory) -> None:
     outbox, listing (paging, order, workflow name, every filter), that the DATA_DELETED
     write leaves no earlier version's object in the history, the failure-handling fields of
     ``Meta`` (attempt, retry_at, paused_by, idempotency_key), ``due_retries``, unique
-    idempotency keys, and ``unfinished_by_status`` when the store offers it."""
+    idempotency keys, ``unfinished_by_status`` when the store offers it, and what child
+    workflows need (``run_atomic_writes_test``: the parent and saga fields of ``Meta``,
+    ``Filter.by_parent``, and ``store_many`` when the store offers it)."""
     await run_checks(
         "record store",
         [
@@ -197,5 +200,6 @@ async def run_record_store_test(factory: RecordStoreFactory) -> None:
             ("due_retries", lambda: due_retries(factory)),
             ("idempotency keys", lambda: idempotency_keys(factory)),
             ("unfinished_by_status", lambda: unfinished_counts(factory)),
+            *composition_checks(factory),
         ],
     )
