@@ -24,8 +24,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
+from examples.adapters import MakeAdapters, memory
 from workflow import Builder, Run
-from workflow.testing import FakeClock, await_timeout_insert, in_memory, wait_for
+from workflow.testing import FakeClock, await_timeout_insert, wait_for
 
 FIRST_CHECK = timedelta(seconds=10)
 LONGEST_WAIT = timedelta(minutes=5)
@@ -79,11 +80,20 @@ def builder(jobs: JobService) -> Builder[Job, Status]:
     return b
 
 
-async def main(metrics_registry: CollectorRegistry | None = None) -> dict[str, tuple[str, int]]:
+async def main(
+    metrics_registry: CollectorRegistry | None = None, adapters: MakeAdapters = memory
+) -> dict[str, tuple[str, int]]:
     clock = FakeClock(datetime(2024, 1, 1, 9, 0, tzinfo=UTC))
     jobs = JobService(needed={"fast": 3})
-    env = in_memory(builder(jobs), clock=clock, metrics_registry=metrics_registry)
-    wf = env.wf
+    streamer, store, roles, timeouts = adapters(clock)
+    wf = builder(jobs).build(
+        streamer,
+        store,
+        roles,
+        timeout_store=timeouts,
+        clock=clock,
+        metrics_registry=metrics_registry,
+    )
     out: dict[str, tuple[str, int]] = {}
     async with wf:
         ids = {
@@ -99,7 +109,7 @@ async def main(metrics_registry: CollectorRegistry | None = None) -> dict[str, t
         ]:
             for name in running:
                 await await_timeout_insert(wf, name, ids[name], Status.RUNNING)
-            timers = await env.timeout_store.list("job polling")
+            timers = await timeouts.list("job polling")
             due = min(t.expire_at for t in timers)
             checked = {
                 t.run_id: (await wf.lookup(t.run_id)).meta.version
