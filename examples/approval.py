@@ -23,8 +23,9 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
+from examples.adapters import MakeAdapters, memory
 from workflow import Builder, Run, duration_timer
-from workflow.testing import FakeClock, await_timeout_insert, in_memory
+from workflow.testing import FakeClock, await_timeout_insert
 
 FIRST_WAIT = timedelta(hours=48)
 SECOND_WAIT = timedelta(hours=24)
@@ -88,10 +89,19 @@ def _decision(by: str, approve: bool, comment: str = "") -> bytes:
     return json.dumps({"by": by, "approve": approve, "comment": comment}).encode()
 
 
-async def main(metrics_registry: CollectorRegistry | None = None) -> dict[str, str]:
+async def main(
+    metrics_registry: CollectorRegistry | None = None, adapters: MakeAdapters = memory
+) -> dict[str, str]:
     clock = FakeClock(datetime(2024, 1, 1, 9, 0, tzinfo=UTC))
-    env = in_memory(builder(), clock=clock, metrics_registry=metrics_registry)
-    wf = env.wf
+    streamer, store, roles, timeouts = adapters(clock)
+    wf = builder().build(
+        streamer,
+        store,
+        roles,
+        timeout_store=timeouts,
+        clock=clock,
+        metrics_registry=metrics_registry,
+    )
     outcome: dict[str, str] = {}
     async with wf:
         ids = {

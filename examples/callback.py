@@ -19,8 +19,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from workflow import Builder, EventStreamer, RecordStore, RoleScheduler, Run, Workflow
-from workflow.adapters.memory import MemRecordStore, MemRoleScheduler, MemStreamer
+from examples.adapters import MakeAdapters, memory
+from workflow import Builder, EventStreamer, RealClock, RecordStore, RoleScheduler, Run, Workflow
 
 
 class Status(enum.IntEnum):
@@ -59,10 +59,11 @@ def build(
     return b.build(streamer, store, roles, **build_kwargs)
 
 
-async def main(metrics_registry: CollectorRegistry | None = None) -> None:
-    wf = build(
-        MemStreamer(), MemRecordStore(), MemRoleScheduler(), metrics_registry=metrics_registry
-    )
+async def main(
+    metrics_registry: CollectorRegistry | None = None, adapters: MakeAdapters = memory
+) -> None:
+    streamer, store, roles, _ = adapters(RealClock())  # no timers here: no timeout store
+    wf = build(streamer, store, roles, metrics_registry=metrics_registry)
     async with wf:
         signup = Signup(email="andrew@example.com")
         run_id = await wf.trigger("andrew", initial_value=signup)

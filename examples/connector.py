@@ -17,11 +17,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
+from examples.adapters import MakeAdapters, memory
 from workflow import (
     Builder,
     ConnectorConstructor,
     ConnectorEvent,
     EventStreamer,
+    RealClock,
     RecordNotFoundError,
     RecordStore,
     RoleScheduler,
@@ -29,7 +31,7 @@ from workflow import (
     Workflow,
     WorkflowInProgressError,
 )
-from workflow.adapters.memory import MemConnector, MemRecordStore, MemRoleScheduler, MemStreamer
+from workflow.adapters.memory import MemConnector
 from workflow.testing import wait_for
 
 
@@ -84,20 +86,17 @@ def build(
     return b.build(streamer, store, roles, **build_kwargs)
 
 
-async def main(metrics_registry: CollectorRegistry | None = None) -> None:
+async def main(
+    metrics_registry: CollectorRegistry | None = None, adapters: MakeAdapters = memory
+) -> None:
     # What the other system published; its event 1 is delivered twice.
     events = [
         ConnectorEvent(id="event-1", foreign_id="andrew", type="user.signed_up"),
         ConnectorEvent(id="event-1", foreign_id="andrew", type="user.signed_up"),
         ConnectorEvent(id="event-2", foreign_id="bongani", type="user.signed_up"),
     ]
-    wf = build(
-        MemStreamer(),
-        MemRecordStore(),
-        MemRoleScheduler(),
-        MemConnector(events),
-        metrics_registry=metrics_registry,
-    )
+    streamer, store, roles, _ = adapters(RealClock())
+    wf = build(streamer, store, roles, MemConnector(events), metrics_registry=metrics_registry)
     async with wf:
         for user in ("andrew", "bongani"):
             run = await wait_for(wf, user, lambda r: r.status == Status.DONE, timeout=5)

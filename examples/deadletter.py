@@ -21,8 +21,9 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
+from examples.adapters import MakeAdapters, memory
 from workflow import Builder, Filter, PausedBy, RetryPolicy, Run, RunState
-from workflow.testing import FakeClock, in_memory, wait_for
+from workflow.testing import FakeClock, wait_for
 
 
 class Status(enum.IntEnum):
@@ -69,13 +70,20 @@ def builder(partner: Partner) -> Builder[Delivery, Status]:
     return b
 
 
-async def main(metrics_registry: CollectorRegistry | None = None) -> list[str]:
+async def main(
+    metrics_registry: CollectorRegistry | None = None, adapters: MakeAdapters = memory
+) -> list[str]:
     clock = FakeClock(datetime(2024, 1, 1, 9, 0, tzinfo=UTC))
     partner = Partner()
-    env = in_memory(
-        builder(partner), clock=clock, metrics_registry=metrics_registry, pause_retry_for=()
+    streamer, store, roles, _ = adapters(clock)  # no timers: no timeout store
+    wf = builder(partner).build(
+        streamer,
+        store,
+        roles,
+        clock=clock,
+        metrics_registry=metrics_registry,
+        pause_retry_for=(),  # a dead letter stays paused until someone resumes it
     )
-    wf = env.wf
     async with wf:
         rid = await wf.trigger(
             "order-1", initial_value=Delivery(url="https://partner/hook", body="paid")

@@ -29,8 +29,8 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
+from examples.adapters import MakeAdapters, memory
 from workflow import Builder, PausedBy, RetryPolicy, Run, RunState, Workflow
-from workflow.adapters.memory import MemRecordStore, MemRoleScheduler, MemStreamer, MemTimeoutStore
 from workflow.testing import FakeClock, wait_for
 
 FAILED_EVENT_RETRIES = RetryPolicy(
@@ -123,10 +123,11 @@ BATCH = [
 ]
 
 
-async def main(metrics_registry: CollectorRegistry | None = None) -> dict[str, str]:
+async def main(
+    metrics_registry: CollectorRegistry | None = None, adapters: MakeAdapters = memory
+) -> dict[str, str]:
     clock = FakeClock(datetime(2024, 1, 1, 9, 0, tzinfo=UTC))
-    streamer, store = MemStreamer(clock), MemRecordStore()
-    roles, timers = MemRoleScheduler(), MemTimeoutStore(clock)
+    streamer, store, roles, timers = adapters(clock)  # one set shared by every workflow
     channels = {
         "email": Channel("email", down_for={"bob@broken.example"}),
         "notification": Channel("notification"),

@@ -5,7 +5,7 @@
 It shows the basics: statuses as an ``enum.IntEnum``, the object as a pydantic model, steps
 that change the object and return the next status, an ``on_complete`` hook, and
 ``wf.await_`` to wait for a run. It runs on the embedded default: a SQLite file (no server),
-with the SQL adapters; ``build()`` takes any adapters (the tests use the memory ones).
+with the SQL adapters; ``build()`` takes any adapters (the tests use memory and SQLite).
 
     python -m examples.gettingstarted --db ./my.db   # keep the database to look at it
 """

@@ -20,8 +20,9 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
+from examples.adapters import MakeAdapters, memory
 from workflow import Builder, RetryPolicy, Run, Workflow
-from workflow.testing import FakeClock, in_memory, wait_for
+from workflow.testing import FakeClock, wait_for
 
 
 class Status(enum.IntEnum):
@@ -92,11 +93,15 @@ async def _until_retry_scheduled(wf: Workflow[Payout, Status], run_id: str, atte
     )
 
 
-async def main(metrics_registry: CollectorRegistry | None = None) -> dict[str, Status]:
+async def main(
+    metrics_registry: CollectorRegistry | None = None, adapters: MakeAdapters = memory
+) -> dict[str, Status]:
     clock = FakeClock(datetime(2024, 1, 1, 9, 0, tzinfo=UTC))
     gateway = Gateway(outages={"flaky": 1, "down": 10}, declined={"declined"})
-    env = in_memory(builder(gateway), clock=clock, metrics_registry=metrics_registry)
-    wf = env.wf
+    streamer, store, roles, _ = adapters(clock)  # no timers: no timeout store
+    wf = builder(gateway).build(
+        streamer, store, roles, clock=clock, metrics_registry=metrics_registry
+    )
     outcome: dict[str, Status] = {}
     async with wf:
         ids = {

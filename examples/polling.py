@@ -24,8 +24,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
+from examples.adapters import MakeAdapters, memory
 from workflow import Builder, Run
-from workflow.testing import FakeClock, await_timeout_insert, in_memory, wait_for
+from workflow.testing import FakeClock, wait_for
 
 FIRST_CHECK = timedelta(seconds=10)
 LONGEST_WAIT = timedelta(minutes=5)
@@ -79,11 +80,20 @@ def builder(jobs: JobService) -> Builder[Job, Status]:
     return b
 
 
-async def main(metrics_registry: CollectorRegistry | None = None) -> dict[str, tuple[str, int]]:
+async def main(
+    metrics_registry: CollectorRegistry | None = None, adapters: MakeAdapters = memory
+) -> dict[str, tuple[str, int]]:
     clock = FakeClock(datetime(2024, 1, 1, 9, 0, tzinfo=UTC))
     jobs = JobService(needed={"fast": 3})
-    env = in_memory(builder(jobs), clock=clock, metrics_registry=metrics_registry)
-    wf = env.wf
+    streamer, store, roles, timeouts = adapters(clock)
+    wf = builder(jobs).build(
+        streamer,
+        store,
+        roles,
+        timeout_store=timeouts,
+        clock=clock,
+        metrics_registry=metrics_registry,
+    )
     out: dict[str, tuple[str, int]] = {}
     async with wf:
         ids = {
@@ -92,24 +102,21 @@ async def main(metrics_registry: CollectorRegistry | None = None) -> dict[str, t
             )
             for name in ("fast", "slow")
         }
-        # The demo's stand-in for time passing: move the clock to the next check, wait for
-        # it to be stored, and again, until no job is RUNNING.
+        # The demo's stand-in for time passing: move the clock to the earliest next check,
+        # wait for that check to be stored, and again, until no job is RUNNING. A check is due
+        # at next_check(run, when the run was stored at RUNNING), what its timer is armed
+        # with: counted from then, it fires as soon as it is armed if the clock is past it.
         while running := [
-            n for n, r in ids.items() if (await wf.lookup(r)).status is Status.RUNNING
+            run
+            for run in [await wf.lookup(rid) for rid in ids.values()]
+            if run.status is Status.RUNNING
         ]:
-            for name in running:
-                await await_timeout_insert(wf, name, ids[name], Status.RUNNING)
-            timers = await env.timeout_store.list("job polling")
-            due = min(t.expire_at for t in timers)
-            checked = {
-                t.run_id: (await wf.lookup(t.run_id)).meta.version
-                for t in timers
-                if t.expire_at == due
-            }
-            clock.set(due)
-            for run_id, version in checked.items():
-                run = await wf.lookup(run_id)
-                await wait_for(wf, run.foreign_id, lambda r, v=version: r.meta.version > v)
+            due = {run.run_id: next_check(run, run.updated_at) for run in running}
+            clock.set(min(due.values()))
+            for run in running:
+                if due[run.run_id] == clock.now():
+                    version = run.meta.version
+                    await wait_for(wf, run.foreign_id, lambda r, v=version: r.meta.version > v)
         for name, rid in ids.items():
             run = await wf.lookup(rid)
             out[name] = (run.status.name, run.object.checks)

@@ -20,8 +20,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
+from examples.adapters import MakeAdapters, memory
 from workflow import Builder, EventStreamer, RecordStore, RoleScheduler, Run, Workflow
-from workflow.adapters.memory import MemRecordStore, MemRoleScheduler, MemStreamer
 from workflow.testing import FakeClock, wait_for
 
 FOREIGN_ID = "hourly-run"
@@ -54,12 +54,15 @@ def build(
     return wf
 
 
-async def main(metrics_registry: CollectorRegistry | None = None) -> None:
+async def main(
+    metrics_registry: CollectorRegistry | None = None, adapters: MakeAdapters = memory
+) -> None:
     clock = FakeClock(datetime(2024, 1, 1, 8, 0, tzinfo=UTC))
+    streamer, store, roles, _ = adapters(clock)
     wf = build(
-        MemStreamer(clock),
-        MemRecordStore(),
-        MemRoleScheduler(),
+        streamer,
+        store,
+        roles,
         clock=clock,  # leave it out in production: the engine then uses the wall clock
         metrics_registry=metrics_registry,
     )

@@ -20,6 +20,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
+from examples.adapters import MakeAdapters, memory
 from workflow import (
     Builder,
     EventStreamer,
@@ -30,7 +31,7 @@ from workflow import (
     Workflow,
     duration_timer,
 )
-from workflow.testing import FakeClock, await_timeout_insert, in_memory
+from workflow.testing import FakeClock, await_timeout_insert
 
 TIMEOUT = timedelta(hours=1)
 
@@ -71,15 +72,13 @@ def build(
     return builder().build(streamer, store, roles, timeout_store=timeout_store, **build_kwargs)
 
 
-async def main(metrics_registry: CollectorRegistry | None = None) -> None:
-    # In memory, on a clock that moves only when told to (the engine uses the wall clock
-    # unless given one): one call builds the workflow on fresh memory adapters.
-    env = in_memory(
-        builder(),
-        clock=FakeClock(datetime(2024, 1, 1, 9, 0, tzinfo=UTC)),
-        metrics_registry=metrics_registry,
-    )
-    wf, clock = env.wf, env.clock
+async def main(
+    metrics_registry: CollectorRegistry | None = None, adapters: MakeAdapters = memory
+) -> None:
+    # A clock that moves only when told to (the engine uses the wall clock unless given one),
+    # and the adapters on it: fresh memory ones unless told otherwise.
+    clock = FakeClock(datetime(2024, 1, 1, 9, 0, tzinfo=UTC))
+    wf = build(*adapters(clock), clock=clock, metrics_registry=metrics_registry)
     async with wf:
         run_id = await wf.trigger("andrew")
         print(f"  {clock.now():%H:%M} triggered run {run_id} for 'andrew'")
