@@ -64,7 +64,7 @@ def prepare_child(
 ) -> Record:
     """The first version of a child run of ``run`` (not stored: see ``Engine.apply``)."""
     child = getattr(workflow, "_engine", None)
-    if child is None or type(child).__name__ != "Engine":
+    if child is None or not hasattr(child, "new_record"):
         raise ValueError(f"start_child needs a built Workflow, got {workflow!r}")
     if child.store is not parent.store:
         raise ValueError(

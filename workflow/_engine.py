@@ -225,6 +225,8 @@ class Engine(Generic[T, S]):
             if record.run_state in (RunState.CANCELLED, RunState.REQUESTED_DATA_DELETED):
                 more += await cascade(self, record)
             if record.meta.parent_run_id and record.run_state.finished and not previous.finished:
+                # always, also when this process's version of the parent has no fan-in:
+                # another process's (a rolling deploy) may wait for it
                 events.append(make_child_finished_event(record))
         store = self.store
         if more or events:
