@@ -226,3 +226,26 @@ class MemRecordStore:
             return list(self._history[run_id])
         except KeyError:
             raise RecordNotFoundError(f"no run with id {run_id!r}") from None
+
+    async def purge_finished(self, finished_before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` finished runs last written before ``finished_before``,
+        oldest first, with their history (the Purge capability)."""
+        done = (RunState.COMPLETED, RunState.CANCELLED, RunState.DATA_DELETED)
+        gone = [
+            r
+            for r in sorted(self._records.values(), key=lambda r: r.updated_at)
+            if r.run_state in done and r.updated_at < finished_before
+        ][: max(limit, 0)]
+        ids = {r.run_id for r in gone}
+        for r in gone:
+            del self._records[r.run_id]
+            self._history.pop(r.run_id, None)
+            self._retrying.pop(r.run_id, None)
+            key = (r.workflow_name, r.foreign_id)
+            if self._latest.get(key) == r.run_id:
+                del self._latest[key]
+            if r.meta.idempotency_key is not None:
+                self._keys.pop((r.workflow_name, r.meta.idempotency_key), None)
+        if ids:
+            self._order = [i for i in self._order if i not in ids]
+        return len(gone)

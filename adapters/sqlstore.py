@@ -44,7 +44,7 @@ from ._statements import (
     select_records,
 )
 from ._storemany import Refused, write_many
-from .sqlschema import create_schema, foreign_key, history, outbox, reading, records
+from .sqlschema import create_schema, foreign_key, history, outbox, reading, records, timeouts
 from .sqlstreamer import SQLStreamer
 
 __all__ = ["SQLRecordStore", "create_schema"]
@@ -302,7 +302,7 @@ class SQLRecordStore:
         if workflow_name:
             query = query.where(records.c.workflow_name == workflow_name)
         for f in filters:
-            query = query.where(_condition(f, workflow_name))
+            query = query.where(_condition(f, workflow_name, self._db.postgres))
         query = query.order_by(records.c.id.asc() if order == "asc" else records.c.id.desc())
         query = query.limit(limit if limit > 0 else 25)
         if offset_id > 0:
@@ -354,6 +354,25 @@ class SQLRecordStore:
         async with self.engine.begin() as conn:
             await conn.execute(outbox.delete().where(outbox.c.event_id == id))
 
+    async def purge_finished(self, finished_before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` finished runs last written before ``finished_before``,
+        oldest first, with their history and timers, in one transaction (the Purge
+        capability)."""
+        done = [int(RunState.COMPLETED), int(RunState.CANCELLED), int(RunState.DATA_DELETED)]
+        pick = (
+            sa.select(records.c.run_id)
+            .where(records.c.run_state.in_(done), records.c.updated_at < finished_before)
+            .order_by(records.c.updated_at)
+            .limit(max(limit, 0))
+        )
+        async with self.engine.begin() as conn:
+            ids = [r[0] for r in await conn.execute(pick)]
+            if ids:
+                await conn.execute(history.delete().where(history.c.run_id.in_(ids)))
+                await conn.execute(timeouts.delete().where(timeouts.c.run_id.in_(ids)))
+                await conn.execute(records.delete().where(records.c.run_id.in_(ids)))
+        return len(ids)
+
     async def delete_outbox_events(self, ids: Sequence[str]) -> None:
         """Delete a batch of published outbox events in one statement."""
         if not ids:
@@ -366,7 +385,7 @@ _VERSIONS_CHUNK = 500
 """Run ids per ``versions`` statement (well under SQLite's bound parameter limit)."""
 
 
-def _condition(f: Filter, workflow_name: str) -> Any:
+def _condition(f: Filter, workflow_name: str, postgres: bool) -> Any:
     if f.kind == "foreign_id":
         ids = [str(v) for v in f.values if not _unstorable(str(v))]  # the others match nothing
         if workflow_name:
@@ -385,4 +404,28 @@ def _condition(f: Filter, workflow_name: str) -> Any:
         return records.c.created_at > f.time
     if f.kind == "created_before":
         return records.c.created_at < f.time
+    if f.kind == "updated_after":
+        return records.c.updated_at > f.time
+    if f.kind == "updated_before":
+        return records.c.updated_at < f.time
+    if f.kind == "object_field":
+        return _object_field(str(f.values[0]), str(f.values[1]), postgres) == str(f.values[1])
     raise ValueError(f"unknown filter {f.kind!r}")
+
+
+def _object_field(path: str, value: str, postgres: bool) -> Any:
+    """``Filter.object_field`` in SQL: the value at ``path`` as JSON text (see
+    ``workflow.abc.field_text``), by PostgreSQL's jsonb ``#>>`` or SQLite's JSON functions."""
+    keys = path.split(".")
+    if postgres:
+        pg = records.c.object.op("#>>", return_type=sa.Text())
+        return pg(sa.literal(keys, sa.ARRAY(sa.Text())))
+    json_path = "$" + "".join(f'."{k}"' for k in keys)
+    kind = sa.func.json_type(records.c.object, json_path)
+    text = sa.cast(sa.func.json_extract(records.c.object, json_path), sa.Text())
+    return sa.case(
+        (kind == "true", "true"),
+        (kind == "false", "false"),
+        (kind.in_(["text", "integer", "real"]), text),
+        else_=None,
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,12 +30,14 @@ __all__ = [
     "Lease",
     "Order",
     "OutboxBulkDelete",
+    "Purge",
     "RecordHistory",
     "RecordStore",
     "RoleScheduler",
     "RunVersions",
     "StatusCounts",
     "TimeoutStore",
+    "field_text",
     "matches",
 ]
 
@@ -88,7 +91,17 @@ class EventStreamer(Protocol):
 class Filter:
     """A filter for :meth:`RecordStore.list`. Build one with the class methods."""
 
-    kind: Literal["foreign_id", "status", "run_state", "created_after", "created_before", "parent"]
+    kind: Literal[
+        "foreign_id",
+        "status",
+        "run_state",
+        "created_after",
+        "created_before",
+        "parent",
+        "updated_after",
+        "updated_before",
+        "object_field",
+    ]
     values: tuple[str | int, ...] = ()
     time: datetime | None = None
 
@@ -119,6 +132,28 @@ class Filter:
         """Strictly before ``t``."""
         return cls("created_before", time=t)
 
+    @classmethod
+    def updated_after(cls, t: datetime) -> Filter:
+        """Last written strictly after ``t``."""
+        return cls("updated_after", time=t)
+
+    @classmethod
+    def updated_before(cls, t: datetime) -> Filter:
+        """Last written strictly before ``t``."""
+        return cls("updated_before", time=t)
+
+    @classmethod
+    def object_field(cls, path: str, value: str) -> Filter:
+        """Runs whose object has ``value`` at ``path`` (dotted keys, e.g.
+        ``"customer.country"``), compared as JSON text: a string as itself, a number as
+        written (``"42"``), a boolean as ``"true"`` / ``"false"``; ``null``, lists and objects
+        never match."""
+        if not isinstance(path, str) or not path or any(not p for p in path.split(".")):
+            raise ValueError(f"an object field path is dotted keys, got {path!r}")
+        if not isinstance(value, str):
+            raise ValueError(f"an object field value is compared as text, got {value!r}")
+        return cls("object_field", (path, value))
+
 
 def matches(record: Record, filters: Sequence[Filter]) -> bool:
     """Whether a record passes every filter (reference semantics for adapters)."""
@@ -138,9 +173,38 @@ def matches(record: Record, filters: Sequence[Filter]) -> bool:
         elif f.kind == "created_after":
             if f.time is None or not record.created_at > f.time:
                 return False
-        elif f.kind == "created_before" and (f.time is None or not record.created_at < f.time):
-            return False
+        elif f.kind == "created_before":
+            if f.time is None or not record.created_at < f.time:
+                return False
+        elif f.kind == "updated_after":
+            if f.time is None or not record.updated_at > f.time:
+                return False
+        elif f.kind == "updated_before":
+            if f.time is None or not record.updated_at < f.time:
+                return False
+        elif f.kind == "object_field":
+            if field_text(record.object, str(f.values[0])) != f.values[1]:
+                return False
     return True
+
+
+def field_text(data: bytes, path: str) -> str | None:
+    """The JSON text of the object's value at a dotted ``path`` (see ``Filter.object_field``)."""
+    try:
+        value: Any = json.loads(data)
+    except ValueError:
+        return None
+    for key in path.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return json.dumps(value)
+    return None
 
 
 # -- optional capabilities: the engine uses them when an adapter has them ------------------
@@ -220,6 +284,20 @@ class AtomicWrites(Protocol):
         directly, events on the topic in their headers), all in one transaction. When any
         part is refused nothing at all is written, and the error is the one ``store`` would
         raise for the first record refused. The records have distinct run ids."""
+        ...
+
+
+@runtime_checkable
+class Purge(Protocol):
+    """Optional capability of a record store: retention. The CLI's and HTTP API's ``purge``
+    need it."""
+
+    async def purge_finished(self, finished_before: datetime, limit: int) -> int:
+        """Delete at most ``limit`` runs that finished (completed, cancelled or data deleted)
+        with their last write before ``finished_before``, oldest first, with their history
+        (and the timers a store in the same database keeps for them); return how many runs
+        were deleted (fewer than ``limit``: none left). Unfinished runs and runs whose data
+        deletion is only requested stay. Their idempotency keys are forgotten with them."""
         ...
 
 

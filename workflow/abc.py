@@ -12,8 +12,8 @@ and :class:`EventReceiver`), :class:`RoleScheduler` (with :class:`Lease`),
 
 Optional capabilities (``isinstance`` checks, so a method of that name is all it takes):
 :class:`RecordHistory`, :class:`RunVersions`, :class:`StatusCounts`, :class:`OutboxBulkDelete`,
-:class:`AtomicWrites` and :class:`DirectPublisher` for record stores; :class:`BatchSender` for
-event senders.
+:class:`AtomicWrites`, :class:`Purge` and :class:`DirectPublisher` for record stores;
+:class:`BatchSender` for event senders.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from ._adapters import (
     Lease,
     Order,
     OutboxBulkDelete,
+    Purge,
     RecordHistory,
     RecordStore,
     RoleScheduler,
@@ -82,6 +83,7 @@ __all__ = [
     "Order",
     "OutboxBulkDelete",
     "OutboxEvent",
+    "Purge",
     "RealClock",
     "Record",
     "RecordHistory",

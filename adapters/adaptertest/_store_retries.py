@@ -24,6 +24,7 @@ from ._store import (
     core_checks,
 )
 from ._store_many import composition_checks
+from ._store_ops import operations_checks
 
 __all__ = ["run_record_store_test"]
 
@@ -188,7 +189,8 @@ async def run_record_store_test(factory: RecordStoreFactory) -> None:
     ``Meta`` (attempt, retry_at, paused_by, idempotency_key), ``due_retries``, unique
     idempotency keys, ``unfinished_by_status`` when the store offers it, and what child
     workflows need (``run_atomic_writes_test``: the parent and saga fields of ``Meta``,
-    ``Filter.by_parent``, and ``store_many`` when the store offers it)."""
+    ``Filter.by_parent``, and ``store_many`` when the store offers it), and what operations
+    need (the ``updated_*`` and ``object_field`` filters, ``purge_finished`` when offered)."""
     await run_checks(
         "record store",
         [
@@ -201,5 +203,6 @@ async def run_record_store_test(factory: RecordStoreFactory) -> None:
             ("idempotency keys", lambda: idempotency_keys(factory)),
             ("unfinished_by_status", lambda: unfinished_counts(factory)),
             *composition_checks(factory),
+            *operations_checks(factory),
         ],
     )
