@@ -29,9 +29,10 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ._adapters import AtomicWrites, Filter
+from ._adapters import AtomicWrites, Filter, RecordStore
 from ._errors import InvalidStatusError, WorkflowError
 from ._process import Process
 from ._record import Record, TypedRecord
@@ -43,7 +44,15 @@ from ._usercode import call_user
 if TYPE_CHECKING:
     from ._engine import Engine
 
-__all__ = ["cascade", "children_of", "fan_in_work", "prepare_child", "typed_children"]
+__all__ = [
+    "cascade",
+    "cascade_in",
+    "children_in",
+    "children_of",
+    "fan_in_work",
+    "prepare_child",
+    "typed_children",
+]
 
 _NAMESPACE = uuid.UUID("5f1d8c3e-9a4b-4c2d-8e7f-0a1b2c3d4e5f")
 """The namespace of the derived run ids of child runs."""
@@ -120,10 +129,15 @@ def prepare_child(
 
 async def children_of(eng: Engine[Any, Any], run_id: str) -> list[Record]:
     """Every child run of ``run_id`` (any workflow, any state), in creation order."""
+    return await children_in(eng.store, run_id)
+
+
+async def children_in(store: RecordStore, run_id: str) -> list[Record]:
+    """Every child run of ``run_id`` in ``store``, in creation order."""
     found: list[Record] = []
     offset = 0
     while True:
-        page = await eng.store.list("", offset, _PAGE, "asc", Filter.by_parent(run_id))
+        page = await store.list("", offset, _PAGE, "asc", Filter.by_parent(run_id))
         found += page
         if len(page) < _PAGE:
             return found
@@ -133,17 +147,23 @@ async def children_of(eng: Engine[Any, Any], run_id: str) -> list[Record]:
 async def cascade(eng: Engine[Any, Any], record: Record) -> list[tuple[Record, RunState]]:
     """The versions that take ``record``'s cancel (or data deletion request) to every
     descendant that can still move there, with each one's previous run state."""
+    return await cascade_in(eng.store, eng.clock.now(), record)
+
+
+async def cascade_in(
+    store: RecordStore, now: datetime, record: Record
+) -> list[tuple[Record, RunState]]:
+    """:func:`cascade` on a store alone (the operations API has no engine)."""
     target = record.run_state
-    if not isinstance(eng.store, AtomicWrites):
+    if not isinstance(store, AtomicWrites):
         return []  # such a store has no children
     verb = "cancelled" if target is RunState.CANCELLED else "asked to delete its data"
-    now = eng.clock.now()
     out: list[tuple[Record, RunState]] = []
     queue = [record.run_id]
     seen = {record.run_id}
     while queue:
         parent_id = queue.pop()
-        for child in await children_of(eng, parent_id):
+        for child in await children_in(store, parent_id):
             if child.run_id in seen:
                 continue
             seen.add(child.run_id)
