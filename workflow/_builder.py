@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar, get_args
+from typing import Any, Generic, Self, TypeVar, get_args
 
 from prometheus_client import CollectorRegistry
 
@@ -109,7 +109,7 @@ class _Handle:
         concurrency: int | None = None,
         step_timeout: Duration | None = None,
         retry: RetryPolicy | None = None,
-    ) -> _Handle:
+    ) -> Self:
         """Set this process's options; each one given replaces a previous value, and one not
         given (``None``) keeps the workflow's default (``build(default_options=...)``), which
         falls back to the built-in default. ``None`` never means "off": an option that can be
@@ -271,7 +271,7 @@ class Builder(Generic[T, S]):
 
     # -- declarations -------------------------------------------------------------------
 
-    def add_step(self, from_status: S, fn: StepFn[T, S], *to: S) -> _Handle:
+    def add_step(self, from_status: S, fn: StepFn[T, S], *to: S) -> _StepHandle:
         """One step consumes runs at ``from_status``; ``fn(run)`` returns the next status."""
         self._callable(fn, "a step function")
         s = self._status(from_status, "'from'")

@@ -20,8 +20,9 @@ children along.
   statuses) and its result is applied like a step's. The status's own consumer makes the
   same check when the run arrives (its children may all have finished before).
 - **Cascade.** A parent's version that cancels it (or requests its data deletion) is
-  written together with the matching version of every descendant that can still move
-  there: unfinished ones are cancelled; for a deletion, every child's data is deleted too.
+  written together with the matching version of every descendant: unfinished ones are
+  cancelled; for a deletion, every child's data is deleted, an unfinished child's too (it
+  stops there).
 """
 
 from __future__ import annotations
@@ -168,10 +169,11 @@ async def cascade_in(
                 continue
             seen.add(child.run_id)
             queue.append(child.run_id)
-            if target is RunState.CANCELLED and child.run_state.finished:
-                continue
-            if not can_move(child.run_state, target):
-                continue
+            if target is RunState.CANCELLED:
+                if child.run_state.finished or not can_move(child.run_state, target):
+                    continue
+            elif child.run_state in (RunState.REQUESTED_DATA_DELETED, RunState.DATA_DELETED):
+                continue  # a data deletion also stops an unfinished child: personal data goes
             meta = child.meta
             new = dataclasses.replace(
                 child,
