@@ -1,0 +1,109 @@
+"""The composition examples (payment, signup, booking, orders), each tested on memory and on
+SQLite (a file in the test's ``tmp_path``, all four adapters SQL), on a FakeClock: their
+``main()`` as ``python -m examples.<name>`` runs it, and the paths ``main()`` does not take
+through each example's own ``build``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import cast
+
+import pytest
+from prometheus_client import CollectorRegistry
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from examples import payment
+from examples.adapters import Adapters, MakeAdapters
+from examples.driving import history, run_retries
+from workflow import Clock, PausedBy, RunState
+from workflow.testing import FakeClock, wait_for
+
+from .backends import Backend
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def backend_engine(request: pytest.FixtureRequest) -> tuple[str, AsyncEngine | None]:
+    """Overrides tests/backends.py's for this module (as tests/test_examples.py does): every
+    test runs on memory and on SQLite."""
+    if request.param == "memory":
+        return "memory", None
+    return "sqlite", request.getfixturevalue("sqlite_engine")
+
+
+@pytest.fixture
+async def adapters(backend: Backend) -> AsyncIterator[MakeAdapters]:
+    """What an example's ``main(adapters=...)`` takes: ``backend``'s adapters, made on the
+    clock that ``main()`` drives (the SQL ones are closed after the test)."""
+    made: list[Backend] = []
+
+    def make(clock: Clock) -> Adapters:
+        on = Backend(backend.name, cast(FakeClock, clock), backend.registry, backend.engine)
+        made.append(on)
+        return on.adapters()
+
+    yield make
+    for on in made:
+        await on.close()
+
+
+# -- payment -----------------------------------------------------------------------------
+
+
+async def test_payment_charges_once_fails_a_decline_and_refunds_when_fulfilment_gives_up(
+    capsys: pytest.CaptureFixture[str], registry: CollectorRegistry, adapters: MakeAdapters
+) -> None:
+    out = await payment.main(metrics_registry=registry, adapters=adapters)
+    assert out.statuses == {"alice": "SHIPPED", "bob": "FAILED", "carol": "REFUNDED"}
+    alice, bob, carol = (out.orders[who] for who in ("alice", "bob", "carol"))
+    p = out.provider
+    # alice's first reply was lost: two calls with one key (her run id), one charge
+    assert sorted(p.calls.values()) == [1, 1, 2]
+    assert len(p.charges) == 2 and alice.charge_id in p.charges.values()
+    assert alice.tracking == "TRK-ALICE" and not alice.refunded
+    assert bob.charge_id == "" and "insufficient funds" in bob.declined
+    assert carol.refunded and p.refunds == [carol.charge_id]
+    lines = out.histories["carol"]
+    assert [line.split()[1] for line in lines] == ["NEW"] + ["PAID"] * 4 + ["REFUNDED"]
+    assert "attempt 2 due at 09:01:00" in lines[2] and "attempt 3 due at 09:03:00" in lines[3]
+    assert lines[4].endswith("; compensating") and "retries exhausted (3 errors" in lines[4]
+    assert lines[5] == "v6 REFUNDED    COMPLETED compensated the step at NEW (Steps.refund)"
+    assert [line.split()[1] for line in out.histories["bob"]] == ["NEW", "FAILED"]
+    printed = capsys.readouterr().out
+    assert "alice SHIPPED  2 charge call(s), ch_1: TRK-ALICE" in printed
+    assert "compensated the step at NEW (Steps.refund)" in printed
+
+
+class DownProvider(payment.Provider):
+    """Takes every charge, and loses every reply until ``up``."""
+
+    up = False
+
+    async def charge(self, key: str, card: str, cents: int) -> str:
+        charge_id = await super().charge(key, card, cents)
+        if not self.up:
+            raise payment.ProviderTimeout("no reply")
+        return charge_id
+
+
+async def test_payment_a_charge_without_a_reply_pauses_and_its_resume_charges_once(
+    backend: Backend, clock: FakeClock
+) -> None:
+    provider = DownProvider()
+    warehouse = payment.Warehouse()
+    wf = payment.build(
+        backend.adapters(), provider, warehouse, clock=clock, metrics_registry=backend.registry
+    )
+    async with wf:
+        rid = await wf.trigger("dave", initial_value=payment.Order(customer="dave", card="c"))
+        await run_retries(wf, clock, "dave", range(2, 4))
+        paused = await wait_for(wf, "dave", lambda r: r.run_state is RunState.PAUSED)
+        assert paused.meta.paused_by == PausedBy.RETRIES_EXHAUSTED
+        assert paused.status is payment.Status.NEW  # not FAILED: the money may be taken
+        assert provider.calls == {rid: 3} and provider.refunds == []
+        provider.up = True
+        await wf.resume(rid)  # a person checked: same run, same key
+        done = await wf.await_("dave", rid, payment.Status.SHIPPED, timeout=5)
+    assert provider.calls == {rid: 4} and provider.charges == {rid: "ch_1"}
+    assert done.object.charge_id == "ch_1"
+    lines = await history(backend.adapters()[1], rid, payment.Status)
+    assert "automatically paused (3 errors" in lines[3]
