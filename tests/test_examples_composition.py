@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from examples import payment, signup
+from examples import booking, payment, signup
 from examples.adapters import Adapters, MakeAdapters
 from examples.driving import history, run_retries
 from workflow import Clock, Filter, PausedBy, RunState
@@ -181,3 +181,63 @@ async def test_signup_deleting_while_the_email_is_a_dead_letter_deletes_it_too(
         await wait_for(
             mails, f"{fid}/welcome", lambda r: r.run_state is RunState.DATA_DELETED, timeout=2
         )
+
+
+# -- booking -----------------------------------------------------------------------------
+
+
+async def test_booking_releases_the_reservations_newest_first_when_a_later_step_gives_up(
+    capsys: pytest.CaptureFixture[str], registry: CollectorRegistry, adapters: MakeAdapters
+) -> None:
+    out = await booking.main(metrics_registry=registry, adapters=adapters)
+    a, b = out.trips["trip-a"], out.trips["trip-b"]
+    for trip in (a, b):
+        assert trip.status is booking.Trip.COMPENSATED and trip.run_state is RunState.COMPLETED
+        assert trip.meta.compensations == () and not trip.meta.compensating
+    # (a) all three reserved, the charge gave up: car, hotel, flight released
+    assert a.object.released == ["car trip-a:car", "hotel trip-a:hotel", "flight trip-a:flight"]
+    assert a.object.refs == {k: f"trip-a:{k}" for k in booking.KINDS}
+    # (b) no hotel: the fan-in gave up at once; the car and the flight released
+    assert b.object.released == ["car trip-b:car", "hotel (nothing held)", "flight trip-b:flight"]
+    assert b.object.refs == {}
+    assert out.suppliers.held == {} and out.payments.charged == []
+    for fid, held in (("trip-a", ("car", "hotel", "flight")), ("trip-b", ("car", "flight"))):
+        log = [line for line in out.suppliers.log if f" {fid}:" in line]
+        # reserved in parallel (any order), then released newest first
+        assert sorted(log[: len(held)]) == sorted(f"reserved {fid}:{k}" for k in held)
+        assert log[len(held) :] == [f"released {fid}:{k}" for k in held]
+    ha, hb = out.histories["trip-a"], out.histories["trip-b"]
+    assert [line.split()[1] for line in ha] == ["NEW", "RESERVING"] + ["RESERVED"] * 4 + [
+        "COMPENSATED"
+    ]
+    assert ha[5].endswith("ConnectionError('payment gateway timed out')); compensating")
+    assert hb == [
+        "v1 NEW         INITIATED",
+        "v2 RESERVING   RUNNING",
+        "v3 RESERVING   RUNNING   no hotel available; compensating",
+        "v4 COMPENSATED COMPLETED compensated the step at NEW (Agency.release)",
+    ]
+    assert ha[-1] == "v7 COMPENSATED COMPLETED compensated the step at NEW (Agency.release)"
+    printed = capsys.readouterr().out
+    assert "trip-a: COMPENSATED, released car trip-a:car, hotel trip-a:hotel, flight" in printed
+    assert "the suppliers still hold: nothing" in printed
+
+
+async def test_booking_a_trip_that_is_charged_keeps_its_reservations(
+    backend: Backend, clock: FakeClock
+) -> None:
+    suppliers, payments = booking.Suppliers(), booking.Payments()
+    trips, reservations = booking.build(
+        backend.adapters(), suppliers, payments, clock=clock, metrics_registry=backend.registry
+    )
+    async with trips, reservations:
+        rid = await trips.trigger("trip-c", initial_value=booking.Itinerary(customer="cy"))
+        done = await trips.await_("trip-c", rid, booking.Trip.CHARGED, timeout=5)
+        kids = await reservations.list(Filter.by_parent(rid))
+    assert payments.charged == ["cy"] and done.object.released == []
+    assert done.object.refs == {k: f"trip-c:{k}" for k in booking.KINDS}
+    assert done.meta.compensations == (booking.Trip.NEW,)  # the saga, unused
+    assert {k.object.kind: k.run_id for k in kids} == done.object.reservations
+    assert all(k.status is booking.Reservation.CONFIRMED for k in kids)
+    assert all(k.meta.parent_run_id == rid for k in kids)
+    assert sorted(suppliers.held) == sorted(done.object.reservations.values())
