@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import cast
 
 import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from examples import booking, payment, signup
+from examples import booking, orders, payment, signup
 from examples.adapters import Adapters, MakeAdapters
 from examples.driving import history, run_retries
 from workflow import Clock, Filter, PausedBy, RunState
 from workflow.abc import RecordHistory
-from workflow.testing import FakeClock, wait_for
+from workflow.testing import FakeClock, await_timeout_insert, wait_for
 
 from .backends import Backend
 
@@ -241,3 +242,55 @@ async def test_booking_a_trip_that_is_charged_keeps_its_reservations(
     assert all(k.status is booking.Reservation.CONFIRMED for k in kids)
     assert all(k.meta.parent_run_id == rid for k in kids)
     assert sorted(suppliers.held) == sorted(done.object.reservations.values())
+
+
+# -- orders ------------------------------------------------------------------------------
+
+
+async def test_orders_use_the_fulfilments_tracking_number_or_stop_waiting_at_the_deadline(
+    capsys: pytest.CaptureFixture[str], registry: CollectorRegistry, adapters: MakeAdapters
+) -> None:
+    out = await orders.main(metrics_registry=registry, adapters=adapters)
+    one, two = out.orders["order-1"], out.orders["order-2"]
+    assert one.status is orders.Status.NOTIFIED and one.run_state is RunState.COMPLETED
+    assert one.object.tracking == "TRK-ORDER-1" == out.parcels["order-1"].object.tracking
+    assert out.messages == ["to ann: shipped, track TRK-ORDER-1"]
+    for fid, run in out.orders.items():
+        parcel = out.parcels[fid]
+        assert parcel.run_id == run.object.fulfilment and parcel.foreign_id == f"{fid}/fulfilment"
+        assert (parcel.meta.parent_workflow, parcel.meta.parent_run_id) == ("orders", run.run_id)
+    assert out.parcels["order-1"].status is orders.Fulfilment.SHIPPED
+    # order-2: 48 h at FULFILLING, then DELAYED while its parcel still waited for stock
+    assert two.status is orders.Status.DELAYED and two.run_state is RunState.COMPLETED
+    assert two.object.tracking == "" and two.updated_at - two.created_at == orders.DEADLINE
+    assert out.parcels["order-2"].status is orders.Fulfilment.BACKORDERED
+    assert out.parcels["order-2"].run_state is RunState.RUNNING
+    assert out.late_parcel.status is orders.Fulfilment.SHIPPED
+    assert out.late_parcel.object.tracking == "TRK-ORDER-2"
+    printed = capsys.readouterr().out
+    assert "order-2: DELAYED  tracking -" in printed
+    assert "the order stays DELAYED" in printed
+
+
+async def test_orders_a_parcel_restocked_before_the_deadline_ships_the_order(
+    backend: Backend, clock: FakeClock
+) -> None:
+    shop = orders.Shop()  # nothing in stock
+    streamer, store, roles, timeouts = backend.adapters()
+    wf, fulfilments = orders.build(
+        (streamer, store, roles, timeouts), shop, clock=clock, metrics_registry=backend.registry
+    )
+    async with wf, fulfilments:
+        rid = await wf.trigger("order-3", initial_value=orders.Order(customer="cy", sku="lamp"))
+        await await_timeout_insert(wf, "order-3", rid, orders.Status.FULFILLING)
+        parcel = await wait_for(
+            fulfilments, "order-3/fulfilment", lambda r: r.status is orders.Fulfilment.BACKORDERED
+        )
+        clock.step(orders.DEADLINE - timedelta(minutes=1))
+        await fulfilments.callback("order-3/fulfilment", orders.Fulfilment.BACKORDERED, b"")
+        done = await wf.await_("order-3", rid, orders.Status.NOTIFIED, timeout=5)
+        assert await timeouts.list(wf.name) == []  # the deadline went with the status
+        clock.step(timedelta(minutes=2))
+        assert (await wf.lookup(rid)).status is orders.Status.NOTIFIED
+    assert done.object.tracking == "TRK-ORDER-3" and done.object.fulfilment == parcel.run_id
+    assert shop.messages == ["to cy: shipped, track TRK-ORDER-3"]
