@@ -180,7 +180,7 @@ async def test_signup_deleting_while_the_email_is_a_dead_letter_deletes_it_too(
         await signups.delete_data(rid, "GDPR")
         await wait_for(signups, fid, lambda r: r.run_state is RunState.DATA_DELETED)
         await wait_for(
-            mails, f"{fid}/welcome", lambda r: r.run_state is RunState.DATA_DELETED, timeout=2
+            mails, f"{fid}/welcome", lambda r: r.run_state is RunState.DATA_DELETED, timeout=1.5
         )
 
 
