@@ -23,7 +23,8 @@ server goes down for an afternoon; a runner asks for their data to be deleted (G
 
 What to look at in the output: three submits, one run id; the e-mail paused after 4
 attempts and still paused 3 h later; sent once resumed; then both runs DATA_DELETED with
-empty objects, and only the e-mail's hash left. The demo runs on a ``FakeClock`` moved by hand, so the waits take no time.
+empty objects, and only the e-mail's hash left. The demo runs on a ``FakeClock`` moved by
+hand, so the waits take no time.
 """
 
 from __future__ import annotations
