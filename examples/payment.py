@@ -4,9 +4,9 @@ card that ends the order at FAILED, and a refund when fulfilment gives up.
     python -m examples.payment
 
 The real-world need: take a customer's money at most once, and give it back when the order
-cannot be fulfilled. The charge is retried 3 times (30 s, then 60 s apart); the run id, the
-same on every retry, is the provider's idempotency key, so a charge whose reply was lost is
-not taken twice. Fulfilment is retried 3 times too (1 min, 2 min apart); when it gives up
+cannot be fulfilled. The charge is tried at most 3 times (30 s, then 60 s apart); the run id,
+the same on every retry, is the provider's idempotency key, so a charge whose reply was lost
+is not taken twice. Fulfilment is tried 3 times too (1 min, 2 min apart); when it gives up
 (``on_exhausted="compensate"``) the charge's compensation, ``refund``, runs and the order
 ends at REFUNDED (``compensate_to``).
 
