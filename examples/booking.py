@@ -167,10 +167,8 @@ def build(
     )
 
     trips = Builder[Itinerary, Trip]("trip")
-    # add_step is annotated as returning _Handle, which has no compensate_with (the object
-    # returned has it): hence the ignore, for mypy --strict
     first = trips.add_step(Trip.NEW, agency.reserve_all, Trip.RESERVING)
-    first.compensate_with(agency.release)  # type: ignore[attr-defined]
+    first.compensate_with(agency.release)
     trips.add_children_done(Trip.RESERVING, agency.all_reserved, Trip.RESERVED).with_options(
         retry=TRIP_RETRIES
     )

@@ -144,11 +144,9 @@ class Steps:
 def builder(provider: Provider, warehouse: Warehouse) -> Builder[Order, Status]:
     steps = Steps(provider, warehouse)
     b = Builder[Order, Status]("payment")
-    # add_step and with_options are annotated as returning _Handle, which has no
-    # compensate_with (the object returned has it): hence the ignore, for mypy --strict
     b.add_step(Status.NEW, steps.charge, Status.PAID, Status.FAILED).with_options(
         retry=CHARGE_RETRIES
-    ).compensate_with(steps.refund)  # type: ignore[attr-defined]
+    ).compensate_with(steps.refund)
     b.add_step(Status.PAID, steps.fulfil, Status.SHIPPED).with_options(retry=FULFIL_RETRIES)
     b.compensate_to(Status.REFUNDED)
     return b

@@ -161,11 +161,6 @@ async def test_signup_concurrent_submits_start_one_run_and_one_email(
         assert len(versions) >= 3 and all(b"bo@x.org" not in v.object for v in versions)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="engine: a completed parent's delete_data skips an unfinished (paused) child, "
-    "which keeps its data (docs/composition.md: 'finished or not')",
-)
 async def test_signup_deleting_while_the_email_is_a_dead_letter_deletes_it_too(
     backend: Backend, clock: FakeClock
 ) -> None:
