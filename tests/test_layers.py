@@ -12,11 +12,12 @@ from workflow._signals import signals_for
 
 WORKFLOW = Path(__file__).resolve().parent.parent / "workflow"
 ADAPTERS = Path(__file__).resolve().parent.parent / "adapters"
-OPTIONAL = {"sqlalchemy", "aiosqlite", "asyncpg", "alembic", "aiokafka"}
+CLI = WORKFLOW / "cli"
+OPTIONAL = {"sqlalchemy", "aiosqlite", "asyncpg", "alembic", "aiokafka", "uvicorn"}
 
 
 def _modules() -> list[Path]:
-    return sorted(WORKFLOW.glob("*.py")) + sorted(ADAPTERS.rglob("*.py"))
+    return sorted(WORKFLOW.glob("*.py")) + sorted(ADAPTERS.rglob("*.py")) + sorted(CLI.glob("*.py"))
 
 
 def _function_imports(tree: ast.AST) -> list[ast.stmt]:
