@@ -97,7 +97,9 @@ def first_line(err: BaseException) -> str:
     name = type(inner).__name__
     if not line:
         return name
-    return line if isinstance(inner, WorkflowError | ValueError) else f"{name}: {line}"
+    if isinstance(err, sa_exc.DBAPIError | WorkflowError | ValueError):
+        return line  # the driver's or the engine's own words say what is wrong
+    return f"{name}: {line}"
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from ._support import (
     PausedByType,
     RunStateType,
     TimeType,
+    first_line,
     load,
     run_async,
     workflows_of,
@@ -159,7 +160,7 @@ def db_upgrade(url: str | None, schema: str | None, revision: str) -> None:
     except CommandError:
         raise
     except Exception as err:
-        raise CommandError(f"upgrade of {database.shown} failed: {_gist(err)}") from None
+        raise CommandError(f"upgrade of {database.shown} failed: {first_line(err)}") from None
     after, _ = run_async(database.facts(), database)
     if after == before:
         click.echo(f"{database.shown} is at {after}: nothing to do")
@@ -203,13 +204,8 @@ def db_stamp(url: str | None, schema: str | None) -> None:
     try:
         alembic_command.stamp(alembic_config(database.url, database.schema), "head")
     except Exception as err:
-        raise CommandError(f"stamp of {database.shown} failed: {_gist(err)}") from None
+        raise CommandError(f"stamp of {database.shown} failed: {first_line(err)}") from None
     click.echo(f"stamped {database.shown} at {_head(database)}")
-
-
-def _gist(err: BaseException) -> str:
-    lines = str(getattr(err, "orig", None) or err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0] if lines else ''}"
 
 
 # -- runs -----------------------------------------------------------------------------------
