@@ -1,4 +1,4 @@
-"""Operations on stored runs: what the CLI (``wfctl``) and the HTTP API do, for any code.
+"""Operations on stored runs: what the CLI (``aioworkflow``) and the HTTP API do, for any code.
 
 :class:`Admin` works on a record store alone, so an operator's shell needs none of the
 workflows' code: it lists and shows runs, pauses, resumes, cancels and deletes the data of a
