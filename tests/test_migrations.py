@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,7 +30,6 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from workflow import Filter, Meta, Record, RunState
-from workflow.adapters._sqlite import autoincrements
 from workflow.adapters._sqlsetup import SchemaError
 from workflow.adapters.sqlschema import create_schema, foreign_key, make_engine, metadata
 from workflow.adapters.sqlstore import SQLRecordStore
@@ -110,7 +110,7 @@ def _autoincrement(conn: Connection, table: str) -> bool | None:
     sql = conn.exec_driver_sql(
         "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
     ).scalar()
-    return autoincrements(sql)
+    return re.search(r"\bAUTOINCREMENT\b", sql, re.IGNORECASE) is not None
 
 
 def _sqlite_sequence(conn: Connection, table: str) -> int | None:
