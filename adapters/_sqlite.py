@@ -13,6 +13,7 @@ columns: the text sorts as the time does, so comparisons in SQL are comparisons 
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,7 @@ __all__ = [
     "MAX_GROUP",
     "SYNCHRONOUS",
     "GroupWriter",
+    "autoincrements",
     "begin",
     "clock",
     "decode_time",
@@ -94,16 +96,28 @@ def begin(read_only: bool) -> str:
     return "BEGIN" if read_only else _BEGIN_WRITE
 
 
-async def schema_facts(conn: AsyncConnection, index: str) -> tuple[set[str], str | None]:
-    """The database's table names and the ``CREATE`` text of index ``index`` (or ``None``)."""
+async def schema_facts(
+    conn: AsyncConnection, index: str
+) -> tuple[dict[str, str | None], str | None]:
+    """The database's tables (each name with its ``CREATE TABLE`` text) and the ``CREATE``
+    text of index ``index`` (or ``None``)."""
     rows: list[Any] = list(
         await conn.exec_driver_sql(
             "SELECT type, name, sql FROM sqlite_master WHERE type IN ('table', 'index')"
         )
     )
-    tables = {r[1] for r in rows if r[0] == "table"}
+    tables = {r[1]: r[2] for r in rows if r[0] == "table"}
     found = next((r[2] for r in rows if r[0] == "index" and r[1] == index), None)
     return tables, found
+
+
+def autoincrements(create_table: str | None) -> bool:
+    """Whether a ``CREATE TABLE`` text gives the table an ``AUTOINCREMENT`` key: SQLite never
+    reuses such a table's ids, where a plain ``INTEGER PRIMARY KEY`` hands a deleted row's id
+    (the largest one) to the next row."""
+    if create_table is None:
+        return False
+    return re.search(r"\bAUTOINCREMENT\b", create_table, re.IGNORECASE) is not None
 
 
 # -- statements on the driver ----------------------------------------------------------------

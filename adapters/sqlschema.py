@@ -140,7 +140,8 @@ def foreign_key(workflow_name: str, foreign_id: str) -> str:
 
 
 _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-"""Auto-increment ids: SQLite only auto-increments ``INTEGER PRIMARY KEY``."""
+"""Auto-increment ids: SQLite only auto-increments ``INTEGER PRIMARY KEY`` (which reuses the
+largest id once its row is deleted, unless the table says ``sqlite_autoincrement``)."""
 
 _RETRYING = "retry_at IS NOT NULL"
 _KEYED = "idempotency_key IS NOT NULL"
@@ -259,6 +260,10 @@ timeouts = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Index("ix_workflow_timeouts_due", "workflow_name", "status", "completed", "expire_at"),
     sa.Index("ix_workflow_timeouts_run", "run_id", "status"),
+    # A timer's id is never reused (0004): the timeout process completes or cancels the timer
+    # it fired by id, after the run's move may have removed it; a plain INTEGER PRIMARY KEY
+    # would hand the removed id to another run's new timer. PostgreSQL's sequence never reuses.
+    sqlite_autoincrement=True,
 )
 
 events = sa.Table(

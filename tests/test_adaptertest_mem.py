@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import itertools
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -344,10 +346,20 @@ class _ListsCompleted(MemTimeoutStore):
         return [t for t in self._timeouts.values() if t.workflow_name == workflow_name]
 
 
+class _ReusesIds(MemTimeoutStore):
+    """SQLite's plain ``INTEGER PRIMARY KEY``: a new timer's id is the largest stored id + 1,
+    so removing the newest timer hands its id to the next one."""
+
+    async def create(self, *args: Any, **kwargs: Any) -> int:
+        self._ids = itertools.count(max(self._timeouts, default=0) + 1)
+        return await super().create(*args, **kwargs)
+
+
 @pytest.mark.parametrize(
     ("store", "message"),
     [
         (_CancelRemovesFirst, "list after cancelling an absent id"),
+        (_ReusesIds, "gave the id 1 of a timer removed by cancel_run to a new timer"),
         (_StrictlyBefore, "missed a timer whose expire_at == now"),
         (_ListsCompleted, "list after complete and cancel"),
     ],

@@ -394,26 +394,11 @@ async def test_approval_escalates_then_expires(
     assert outcome == {"quick": "APPROVED", "late": "APPROVED", "ignored": "EXPIRED"}
 
 
-# A bug in the SQL timeout store, not in the example: SQLite hands a deleted row's id to the
-# next row (workflow_timeouts.id is no AUTOINCREMENT). A timer whose run leaves its status
-# (fast, DONE) is deleted by the engine's cancel_run while it fires; another run's timer
-# armed meanwhile (slow's next check) can get its id, and the poller's complete(id) then marks
-# that timer done: slow's check never fires and the wait for it times out (a few runs in 100).
-SQLITE_TIMER_ID_REUSE = pytest.mark.xfail(
-    raises=TimeoutError,
-    strict=False,
-    reason="SQLite reuses a cancelled timer's id; complete(id) can swallow another run's timer",
-)
-
-
 async def test_polling_backs_off_until_done_or_the_deadline(
-    request: pytest.FixtureRequest,
-    backend: Backend,
-    registry: CollectorRegistry,
-    adapters: MakeAdapters,
+    registry: CollectorRegistry, adapters: MakeAdapters
 ) -> None:
-    if backend.name == "sqlite":
-        request.applymarker(SQLITE_TIMER_ID_REUSE)
+    # On SQLite this once failed a few runs in 100: a removed timer's id was handed to another
+    # run's new timer, which the poller then completed unfired (migration 0004).
     outcome = await polling.main(metrics_registry=registry, adapters=adapters)
     # fast: done at its third check; slow: 10 s, 20 s, ... 5 min apart until the 1 h deadline
     assert outcome == {"fast": ("DONE", 3), "slow": ("TIMED_OUT", 16)}

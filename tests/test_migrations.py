@@ -8,12 +8,13 @@ import argparse
 import asyncio
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +31,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from workflow import Filter, Meta, Record, RunState
 from workflow.adapters._sqlsetup import SchemaError
-from workflow.adapters.sqlschema import foreign_key, make_engine, metadata
+from workflow.adapters.sqlschema import create_schema, foreign_key, make_engine, metadata
 from workflow.adapters.sqlstore import SQLRecordStore
+from workflow.adapters.sqltimeout import SQLTimeoutStore
 
 from .conftest import _need_postgres
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = frozenset(metadata.tables)
-HEAD = "0003"
+HEAD = "0004"
 UNFINISHED = (RunState.INITIATED, RunState.RUNNING, RunState.PAUSED)
 
 
@@ -85,7 +87,8 @@ def _plain(value: Any) -> Any:
 def _snapshot(conn: Connection) -> dict[str, Any]:
     """Everything reflection reports about the workflow tables: columns (type, nullability,
     default, autoincrement), primary keys, unique constraints, and indexes with their
-    dialect options (the partial index's WHERE clause, which compare_metadata ignores)."""
+    dialect options (the partial index's WHERE clause, which compare_metadata ignores); on
+    SQLite also whether the table's key is AUTOINCREMENT (which reflection does not report)."""
     inspector = sa.inspect(conn)
     key = repr
     return {
@@ -94,9 +97,32 @@ def _snapshot(conn: Connection) -> dict[str, Any]:
             "pk": _plain(inspector.get_pk_constraint(table)),
             "unique": sorted(_plain(inspector.get_unique_constraints(table)), key=key),
             "indexes": sorted(_plain(inspector.get_indexes(table)), key=key),
+            "autoincrement": _autoincrement(conn, table),
         }
         for table in sorted(TABLES & set(inspector.get_table_names()))
     }
+
+
+def _autoincrement(conn: Connection, table: str) -> bool | None:
+    """SQLite: whether ``table``'s key is AUTOINCREMENT (never reuses an id); else None."""
+    if conn.dialect.name != "sqlite":
+        return None
+    sql = conn.exec_driver_sql(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+    ).scalar()
+    return re.search(r"\bAUTOINCREMENT\b", sql, re.IGNORECASE) is not None
+
+
+def _sqlite_sequence(conn: Connection, table: str) -> int | None:
+    """The largest id SQLite has handed out in an AUTOINCREMENT table (None: none yet, or
+    not SQLite)."""
+    if conn.dialect.name != "sqlite":
+        return None
+    exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_sequence'"
+    if conn.exec_driver_sql(exists).scalar() is None:
+        return None
+    found = conn.exec_driver_sql("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,))
+    return found.scalar()
 
 
 def _tables(conn: Connection, schema: str | None = None) -> set[str]:
@@ -274,7 +300,7 @@ async def test_0003_adds_the_composition_columns_to_a_database_at_0002(
         "workflow_record_history.compensations",
     ):
         assert f"column {column} is missing" in str(refused.value)
-    assert "revision 0003" in str(refused.value)
+    assert f"revision {HEAD}" in str(refused.value)
 
     await migrate(command.upgrade, "head")
     # as the application restarted: asyncpg's statement cache on a pooled connection would
@@ -299,6 +325,173 @@ async def test_0003_adds_the_composition_columns_to_a_database_at_0002(
     await migrate(command.upgrade, "head")
     async with database.engine.connect() as conn:
         assert await conn.run_sync(_diffs) == []
+
+
+TIMEOUTS = metadata.tables["workflow_timeouts"]
+
+
+async def test_0004_makes_timer_ids_never_reused_on_a_database_at_0003(
+    database: Database,
+) -> None:
+    """A SQLite database at 0003 (a plain INTEGER PRIMARY KEY: a removed timer's id is handed
+    out again) is refused by the schema check; ``upgrade head`` rebuilds workflow_timeouts with
+    AUTOINCREMENT keeping its timers (ids, fields, indexes) and new ids continue above the
+    largest kept one; ``downgrade 0003`` rebuilds it as it was. On PostgreSQL (a sequence)
+    the migration changes nothing."""
+    sqlite = database.schema is None
+    migrating = database.default or database.engine
+
+    async def migrate(how: Any, revision: str) -> None:
+        async with migrating.begin() as conn:
+            await conn.run_sync(lambda c: how(_config(c, schema=database.schema), revision))
+        # as the application restarted (asyncpg caches statements per connection)
+        await database.engine.dispose()
+
+    await migrate(command.upgrade, "0003")
+    at = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    async with database.engine.begin() as conn:  # timers written by 0003's adapters
+        for i in range(1, 6):
+            await conn.execute(
+                TIMEOUTS.insert().values(
+                    workflow_name="wf",
+                    foreign_id=f"f{i}",
+                    run_id=f"run-{i}",
+                    status=2,
+                    idx=i % 2,
+                    completed=i == 2,
+                    expire_at=at + timedelta(seconds=i),
+                    created_at=at,
+                )
+            )
+        await conn.execute(TIMEOUTS.delete().where(TIMEOUTS.c.id == 3))  # cancelled
+        at_0003 = await conn.run_sync(_snapshot)
+        before = (await conn.execute(sa.select(TIMEOUTS).order_by(TIMEOUTS.c.id))).all()
+    assert [row.id for row in before] == [1, 2, 4, 5]
+    if sqlite:
+        assert at_0003["workflow_timeouts"]["autoincrement"] is False
+        with pytest.raises(SchemaError) as refused:
+            await SQLTimeoutStore(database.engine).create("wf", "new", "run-new", 2, at)
+        message = str(refused.value)
+        assert "table workflow_timeouts reuses ids" in message
+        assert "migration 0004 rebuilds the table" in message
+        assert "`alembic upgrade head` (revision 0004" in message
+        assert "at alembic revision 0003" in message
+
+    await migrate(command.upgrade, "head")
+    async with database.engine.connect() as conn:
+        assert await conn.run_sync(_diffs) == []
+        migrated = await conn.run_sync(_snapshot)
+        after = (await conn.execute(sa.select(TIMEOUTS).order_by(TIMEOUTS.c.id))).all()
+        sequence = await conn.run_sync(_sqlite_sequence, "workflow_timeouts")
+    assert after == before  # every timer, completed or not, with its id and fields
+    assert database.reference is not None
+    async with database.reference.connect() as conn:  # as create_schema makes it
+        assert (
+            migrated["workflow_timeouts"] == (await conn.run_sync(_snapshot))["workflow_timeouts"]
+        )
+    if sqlite:
+        assert migrated["workflow_timeouts"]["autoincrement"] is True
+        assert sequence == 5  # seeded: ids continue above the largest kept one
+    else:
+        assert migrated == at_0003  # nothing to do on PostgreSQL
+
+    store = SQLTimeoutStore(database.engine)  # accepted now
+    listed = await store.list("wf")
+    assert [(t.id, t.run_id, t.index, t.expire_at) for t in listed] == [
+        (i, f"run-{i}", i % 2, at + timedelta(seconds=i)) for i in (1, 4, 5)
+    ]
+    # the bug: the newest timer is removed while it fires, another run arms a timer, and the
+    # timeout process completes the removed id
+    newest = await store.create("wf", "fast", "run-fast", 2, at)
+    assert newest > 5
+    await store.cancel_run("wf", "run-fast", 2)
+    slow = await store.create("wf", "slow", "run-slow", 2, at)
+    assert slow > newest
+    await store.complete(newest)
+    await store.cancel(newest)
+    assert [t.id for t in await store.list("wf")] == [1, 4, 5, slow]
+
+    await migrate(command.downgrade, "0003")
+    async with database.engine.connect() as conn:
+        assert await conn.run_sync(_version) == ["0003"]
+        assert await conn.run_sync(_snapshot) == at_0003  # columns, indexes, no AUTOINCREMENT
+        ids = (await conn.execute(sa.select(TIMEOUTS.c.id).order_by(TIMEOUTS.c.id))).scalars()
+        assert list(ids) == [1, 2, 4, 5, slow]
+    if sqlite:
+        # a new process (a new engine; this one passed its check) refuses it again
+        downgraded = make_engine(database.engine.url.render_as_string(hide_password=False))
+        try:
+            with pytest.raises(SchemaError, match="workflow_timeouts reuses ids"):
+                await SQLTimeoutStore(downgraded).create("wf", "f", "r", 2, at)
+        finally:
+            await downgraded.dispose()
+    await migrate(command.upgrade, "head")
+    async with database.engine.connect() as conn:
+        assert await conn.run_sync(_diffs) == []
+        if sqlite:
+            assert await conn.run_sync(_sqlite_sequence, "workflow_timeouts") == slow
+    assert await SQLTimeoutStore(database.engine).create("wf", "f", "r", 2, at) > slow
+
+
+async def test_a_sqlite_database_made_by_an_earlier_create_schema_is_refused_until_migrated(
+    tmp_path: Path,
+) -> None:
+    """A database of ``create_schema`` before 0004 (no alembic revision, timers keyed by a
+    plain INTEGER PRIMARY KEY) is refused with the way out: ``alembic stamp 0003``, then
+    ``alembic upgrade head``, which keeps the timers."""
+    db = tmp_path / "old.db"
+    engine = make_engine(f"sqlite+aiosqlite:///{db}")
+    try:
+        await create_schema(engine)
+        async with engine.begin() as conn:  # workflow_timeouts as create_schema made it before
+            await conn.run_sync(TIMEOUTS.drop)
+            await conn.run_sync(_timeouts_at_0003().create)
+        store = SQLTimeoutStore(engine)
+        at = datetime(2026, 1, 2, tzinfo=UTC)
+        async with engine.begin() as conn:
+            await conn.execute(
+                TIMEOUTS.insert().values(
+                    workflow_name="wf",
+                    foreign_id="f",
+                    run_id="r",
+                    status=1,
+                    expire_at=at,
+                    created_at=at,
+                )
+            )
+        with pytest.raises(SchemaError) as refused:
+            await store.create("wf", "f", "r", 1, at)
+        message = str(refused.value)
+        assert "workflow_timeouts reuses ids" in message
+        assert "the database has no alembic revision" in message
+        assert "`alembic stamp 0003`, then `alembic upgrade head`" in message
+    finally:
+        await engine.dispose()
+
+    sync = sa.create_engine(f"sqlite:///{db}")
+    try:
+        with sync.begin() as conn:
+            command.stamp(_config(conn), "0003")
+            command.upgrade(_config(conn), "head")
+            assert _version(conn) == [HEAD]
+            assert _autoincrement(conn, "workflow_timeouts") is True
+            command.check(_config(conn))
+    finally:
+        sync.dispose()
+    engine = make_engine(f"sqlite+aiosqlite:///{db}")
+    try:
+        store = SQLTimeoutStore(engine)
+        assert await store.create("wf", "g", "s", 1, at) == 2  # accepted, above the kept timer
+        assert [t.run_id for t in await store.list("wf")] == ["r", "s"]
+    finally:
+        await engine.dispose()
+
+
+def _timeouts_at_0003() -> sa.Table:
+    """workflow_timeouts as create_schema made it before 0004 (no sqlite_autoincrement)."""
+    table = TIMEOUTS.to_metadata(sa.MetaData())
+    table.dialect_kwargs["sqlite_autoincrement"] = False
+    return table
 
 
 def test_alembic_command_line_upgrades_the_database_in_the_environment(tmp_path: Path) -> None:
@@ -416,8 +609,6 @@ def test_alembic_check_passes_on_head_and_fails_on_a_drifted_database(tmp_path: 
 async def test_stamp_head_puts_a_create_schema_database_under_alembic(tmp_path: Path) -> None:
     """docs/migrations.md: a database made by ``create_schema`` is put under alembic with
     ``alembic stamp head``; ``upgrade head`` then has nothing to do and ``check`` passes."""
-    from workflow.adapters.sqlschema import create_schema
-
     db = tmp_path / "stamped.db"
     engine = make_engine(f"sqlite+aiosqlite:///{db}")
     try:

@@ -79,7 +79,7 @@ SCRIPT = textwrap.dedent(
         if schema:
             cmd += ["--schema", schema]
         out = subprocess.run(cmd, capture_output=True, text=True, cwd="/")
-        assert out.returncode == 0 and "upgraded to 0003" in out.stdout, out.stderr
+        assert out.returncode == 0 and "upgraded to 0004" in out.stdout, out.stderr
         asyncio.run(main(url, schema or None))
     print("ok")
     """

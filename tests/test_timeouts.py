@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -434,3 +435,94 @@ async def test_a_failing_timer_does_not_hold_up_another(clock, registry):
         await wf.await_("good", good, Status.TIMED_OUT, timeout=5)
         assert (await wf.lookup(bad)).status is Status.WAITING
         assert len(await armed(wf, bad)) == 1  # kept for its retry
+
+
+class ReusingTimeoutStore(WatchedTimeoutStore):
+    """SQLite's plain INTEGER PRIMARY KEY (before migration 0004): a new timer's id is the
+    largest stored id + 1. Its ``cancel_run`` lets another run arm a timer right after the
+    removal, as that run's inserter may between the fired run's move and the poller's
+    ``complete``: the new timer gets the removed id."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.other: int | None = None
+        self.calls: list[tuple[str, int]] = []
+
+    async def create(self, *args: Any, **kwargs: Any) -> int:
+        self._ids = itertools.count(max(self._timeouts, default=0) + 1)
+        return await super().create(*args, **kwargs)
+
+    async def complete(self, id: int) -> None:
+        self.calls.append(("complete", id))
+        await super().complete(id)
+
+    async def cancel(self, id: int) -> None:
+        self.calls.append(("cancel", id))
+        await super().cancel(id)
+
+    async def cancel_run(self, workflow_name: str, run_id: str, status: int) -> None:
+        await super().cancel_run(workflow_name, run_id, status)
+        if self.other is None:
+            expire = self._clock.now() + 10 * HOUR
+            self.other = await self.create(workflow_name, "other", "other-run", status, expire)
+
+
+def reusing(store: ReusingTimeoutStore, result: Any, registry: Any) -> Workflow[User, Status]:
+    b = builder([(duration_timer(HOUR), Calls(result), Status.TIMED_OUT)], polling_frequency=0.01)
+    return b.build(
+        MemStreamer(store._clock),
+        MemRecordStore(),
+        MemRoleScheduler(),
+        timeout_store=store,
+        clock=store._clock,
+        metrics_registry=registry,
+    )
+
+
+@pytest.mark.parametrize(
+    "result", [Status.TIMED_OUT, lambda run: run.cancel("by the timeout")], ids=["move", "cancel"]
+)
+async def test_the_poller_leaves_alone_a_timer_that_the_runs_move_removed(
+    result: Any, clock: FakeClock, registry: Any
+) -> None:
+    """Defence in depth: a timeout that moves (or cancels) its run has its timer removed by
+    that write (``cancel_run``); the poller then neither completes nor cancels that id, so a
+    store that hands the id to another run's new timer does not lose that timer."""
+    store = ReusingTimeoutStore(clock)
+    wf = reusing(store, result, registry)
+    async with wf:
+        run_id = await wf.trigger("fast")
+        await await_timeout_insert(wf, "fast", run_id, Status.WAITING, timeout=5)
+        [fired] = await armed(wf, run_id)
+        clock.step(HOUR)
+        await wait_for(wf, "fast", lambda r: r.run_state.finished, timeout=5)
+        await store.polled()  # the poller is done with the timer it fired
+    assert store.other == fired.id  # the store did reuse the id
+    assert [t.run_id for t in await store.list(wf.name)] == ["other-run"]  # not completed
+    assert ("complete", fired.id) not in store.calls
+    assert ("cancel", fired.id) not in store.calls
+
+
+@pytest.mark.parametrize(
+    "result",
+    [lambda run: run.skip(), lambda run: run.pause("by the timeout")],
+    ids=["skip", "pause"],
+)
+async def test_a_timeout_that_keeps_its_run_at_the_status_completes_its_timer(
+    result: Any, clock: FakeClock, registry: Any
+) -> None:
+    store = ReusingTimeoutStore(clock)
+    wf = reusing(store, result, registry)
+    async with wf:
+        run_id = await wf.trigger("stays")
+        await await_timeout_insert(wf, "stays", run_id, Status.WAITING, timeout=5)
+        [fired] = await armed(wf, run_id)
+        clock.step(HOUR)
+
+        async def completed() -> bool:
+            return ("complete", fired.id) in store.calls
+
+        await store.until(completed)
+        assert (await wf.lookup(run_id)).status is Status.WAITING
+    assert await store.list(wf.name) == []
+    assert store.other is None  # nothing removed the run's timers

@@ -372,7 +372,10 @@ class TimeoutStore(Protocol):
         *,
         index: int = 0,
     ) -> int:
-        """Store a timer and return its id (store-generated, unique)."""
+        """Store a timer and return its id (store-generated, unique, increasing, and never
+        reused: not even the id of a timer since cancelled or removed by :meth:`cancel_run`,
+        because the engine completes or cancels a fired timer by id after the run's move may
+        have removed it)."""
         ...
 
     async def complete(self, id: int) -> None:

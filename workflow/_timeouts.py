@@ -72,6 +72,18 @@ async def _entered_at(wf: Engine[Any, Any], record: Record, version: int) -> dat
     return record.updated_at
 
 
+async def _left_status(wf: Engine[Any, Any], timeout: TimeoutRecord) -> bool:
+    """Whether the timer's run has left the timer's status or finished (or is gone): the write
+    that did it removed the run's timers there (:meth:`Engine.write_after`). One that survived
+    a failed removal is cancelled when the poller next lists it, as a timer of a run that has
+    moved on."""
+    try:
+        record = await wf.store.lookup(timeout.run_id)
+    except RecordNotFoundError:
+        return True
+    return record.status != timeout.status or record.run_state.finished
+
+
 def _inserter(
     wf: Engine[Any, Any],
     status: int,
@@ -191,9 +203,11 @@ def _poller(
         n = failed[timeout.id][1] if timeout.id in failed else 1
         run = wf.new_run(record)
         run.attempt = n
+        wrote = False
         try:
             result = await call_user(timeout_fn, run, clock.now(), timeout=limit)
-            if not await wf.apply(record, run, result):
+            wrote = await wf.apply(record, run, result)
+            if not wrote:
                 proc.skip("next value specified skip")
         except ConcurrentUpdateError:
             # The run changed meanwhile (e.g. its step's retry wrote a version): the timer
@@ -211,8 +225,13 @@ def _poller(
                 return
             failed.pop(timeout.id, None)
             await give_up(wf, proc, record, err, policy, non_retryable, ctx)
+            wrote = True  # paused, cancelled or moved the run
         failed.pop(timeout.id, None)
-        # Fired (moved, skipped, or given up on): done with this timer.
+        # Fired (moved, skipped, or given up on): done with this timer. Unless the run's own
+        # write has already removed it: the id is not used again then (a store that reused a
+        # removed timer's id would have another run's timer completed here, unfired).
+        if wrote and await _left_status(wf, timeout):
+            return
         await store.complete(timeout.id)
 
     async def body(proc: Process) -> None:

@@ -149,9 +149,60 @@ async def _cancel_run(factory: TimeoutStoreFactory) -> None:
     )
 
 
+async def _ids_never_reused(factory: TimeoutStoreFactory) -> None:
+    """A removed timer's id is never given to a later timer: the timeout process completes or
+    cancels the timer it fired by id, after the run's own move may have removed it
+    (``cancel_run``); a reused id would make it complete another run's timer, which then
+    never fires. Both ways of removing a timer, of the newest timer (SQLite's plain
+    ``INTEGER PRIMARY KEY`` hands out ``max(id) + 1``) and of an older one."""
+    store = await resolve(factory())
+    fast = await store.create(WF, "fast", "run-fast", 1, EXPIRED)
+    await store.cancel_run(WF, "run-fast", 1)  # the run left the status while its timer fired
+    slow = await store.create(WF, "slow", "run-slow", 1, EXPIRED)  # another run's timer
+    check(
+        slow != fast,
+        f"create gave the id {fast} of a timer removed by cancel_run to a new timer",
+    )
+    await store.complete(fast)  # the timeout process is done with the timer it fired
+    _ids(await store.list(WF), [slow], "list after complete(id of a removed timer)")
+    await store.cancel(fast)
+    _ids(await store.list(WF), [slow], "list after cancel(id of a removed timer)")
+
+    await store.cancel(slow)
+    again = await store.create(WF, "again", "run-again", 1, EXPIRED)
+    check(
+        again not in (fast, slow),
+        f"create gave the id {again} of a cancelled timer to a new timer",
+    )
+    await store.complete(slow)
+    await store.cancel(slow)
+    _ids(await store.list(WF), [again], "list after complete and cancel of a cancelled id")
+
+    older = await store.create(WF, "older", "run-older", 1, EXPIRED)
+    newest = await store.create(WF, "newest", "run-newest", 1, EXPIRED)
+    await store.cancel(older)
+    await store.cancel_run(WF, "run-newest", 1)
+    later = [await store.create(WF, f"later-{i}", f"run-later-{i}", 1, EXPIRED) for i in range(2)]
+    used = {fast, slow, again, older, newest}
+    check(
+        not used & set(later) and min(later) > max(used),
+        f"create gave ids {later} after ids {sorted(used)} were handed out: ids must increase "
+        "and never come back",
+    )
+    await store.complete(older)
+    await store.cancel(newest)
+    _ids(await store.list(WF), [again, *later], "list after removed ids were used again")
+
+
+def _ids(got: Sequence[TimeoutRecord], want: Sequence[int], what: str) -> None:
+    have = [t.id for t in got]
+    check(have == list(want), f"{what} returned timers {have}, expected {list(want)}")
+
+
 async def run_timeout_store_test(factory: TimeoutStoreFactory) -> None:
     """Check a :class:`~workflow.TimeoutStore`: create, complete, cancel, list and
-    ``list_valid`` (a timer is due once ``expire_at <= now``)."""
+    ``list_valid`` (a timer is due once ``expire_at <= now``); ids increase and are never
+    reused."""
     await run_checks(
         "timeout store",
         [
@@ -160,5 +211,6 @@ async def run_timeout_store_test(factory: TimeoutStoreFactory) -> None:
             ("list_valid selects due timers", lambda: _list_valid(factory)),
             ("cancel and complete", lambda: _cancel_absent(factory)),
             ("cancel_run removes a run's timers at a status", lambda: _cancel_run(factory)),
+            ("a removed timer's id is never reused", lambda: _ids_never_reused(factory)),
         ],
     )
