@@ -38,6 +38,7 @@ from .._runstate import RunState
 from .._workflow import Workflow
 from ..admin import Admin
 from ._auth import ADMIN, DISPATCH, READ, Tokens
+from ._graphjson import graph_fields
 from ._models import (
     Change,
     ControlBody,
@@ -335,6 +336,7 @@ def _workflow_info(api: Api, name: str) -> WorkflowInfo:
         name=name,
         statuses=[StatusInfo(value=int(m), name=m.name) for m in wf._engine.status_type],
         mermaid=api.admin.graph(name),
+        **graph_fields(wf),
     )
 
 

@@ -18,6 +18,8 @@ __all__ = [
     "Error",
     "ErrorBody",
     "FieldError",
+    "GraphEdge",
+    "GraphNode",
     "Health",
     "HistoryEntry",
     "PurgeBody",
@@ -188,10 +190,31 @@ class StatusInfo(BaseModel):
     name: str
 
 
+class GraphNode(BaseModel):
+    value: int
+    name: str
+    start: bool = Field(description="The workflow's default start status.")
+    terminal: bool = Field(description="No transition leaves it.")
+
+
+class GraphEdge(BaseModel):
+    source: int
+    target: int
+    label: str = Field(
+        default="",
+        description="Empty for a declared transition; a saga's arrows: `compensate (fn)`, "
+        "`retries exhausted`.",
+    )
+
+
 class WorkflowInfo(BaseModel):
     name: str
     statuses: list[StatusInfo]
     mermaid: str
+    nodes: list[GraphNode] = Field(
+        description="The statuses of the graph (the same graph as `mermaid`)."
+    )
+    edges: list[GraphEdge] = Field(description="The graph's arrows but `[*]`'s, as in `mermaid`.")
 
 
 class WorkflowList(BaseModel):
