@@ -65,6 +65,7 @@ from ._models import (
 )
 from ._openapi import openapi
 from ._routes import Routes, field_errors
+from ._ui import mount_ui
 
 __all__ = ["ApiError", "make_app", "running"]
 
@@ -662,4 +663,5 @@ def make_app(
         lifespan=lifespan,
     )
     app.state.api = api
+    mount_ui(app)
     return app
