@@ -32,9 +32,7 @@ def failing(name: str = "ops") -> Builder[Obj, Status]:
         return Status.DONE
 
     b = Builder[Obj, Status](name)
-    b.add_step(Status.STARTED, step, Status.DONE).with_options(
-        retry=RetryPolicy(max_attempts=1)
-    )
+    b.add_step(Status.STARTED, step, Status.DONE).with_options(retry=RetryPolicy(max_attempts=1))
     return b
 
 
