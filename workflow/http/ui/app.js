@@ -351,6 +351,7 @@ function showLogin(message = "") {
   );
   const main = $("#main");
   main.dataset.view = "login";
+  main.dataset.hash = location.hash;
   main.replaceChildren(form);
   input.focus();
 }
@@ -371,13 +372,14 @@ function route() {
 
 async function render() {
   const seq = ++renderSeq;
+  const hash = location.hash; // what this rendering shows (#main's data-hash once done)
   if (!token()) {
     showLogin();
     return;
   }
   showChrome(true);
   const { parts, query } = route();
-  const view = parts[0] || "runs";
+  let view = parts[0] || "runs";
   for (const a of document.querySelectorAll("#nav a")) {
     if (a.dataset.nav === view || (view === "run" && a.dataset.nav === "runs")) {
       a.setAttribute("aria-current", "page");
@@ -399,11 +401,13 @@ async function render() {
       signOut(describe(err));
       return;
     }
+    view = "error";
     node = el("section", { class: "view" }, el("p", { class: "error", role: "alert", id: "view-error" }, describe(err)));
   }
   if (seq !== renderSeq) return; // a newer navigation won
   main.removeAttribute("aria-busy");
   main.dataset.view = view;
+  main.dataset.hash = hash;
   main.replaceChildren(node);
 }
 
