@@ -1,18 +1,22 @@
 """Dispatching a batch of named events to the workflows that handle them, with delayed starts
-and a failed-event path (progressive backoff, then a dead letter).
+and a failed-event path (progressive backoff, then a dead letter), through the HTTP API's
+``POST /dispatch``.
 
-    python -m examples.dispatch
+    python -m examples.dispatch      # needs the http extra and httpx
 
 The real-world need: one inbox of events ("send this e-mail", "notify this user", "charge this
 card", "message this chat") that fan out to a workflow each, some to start later ("in 10
 minutes"), and events that keep failing must neither block the others nor be lost: they are
 retried 1 min, 2 min, 4 min ... at most 120 min apart, then parked as dead letters for a person.
-(An HTTP ``POST /dispatch`` endpoint will route through this same function once it exists.)
 
-Every event becomes one run of its workflow: the event's id is the foreign id and the
-idempotency key, so dispatching the same batch twice starts nothing twice. A delayed event
-waits at SCHEDULED on a durable timer, then its workflow's step runs; an unknown event name
-is refused before anything is written.
+The routing table (``workflow.http.Routes``) names each event's workflow; ``make_app`` serves
+it as ``POST /dispatch`` (here called in process through httpx's ASGI transport; in production
+the same application runs under uvicorn, see docs/operations.md). Every event becomes one run
+of its workflow: the event's id is the foreign id and the idempotency key, so dispatching the
+same batch twice starts nothing twice (each event is a "duplicate" the second time). A delayed
+event starts at SCHEDULED, whose durable timer reads the delay from the object and moves it
+on to READY; an unknown event name is answered "unknown_name", and the others in its batch
+are dispatched all the same.
 
 What to look at in the output: every event delivered except the one whose gateway is down,
 which is a dead letter after 8 attempts (1+2+4+...+64 min); the second dispatch of the same
@@ -23,14 +27,18 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import httpx
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
 from examples.adapters import MakeAdapters, memory
 from workflow import Builder, PausedBy, RetryPolicy, Run, RunState, Workflow
+from workflow.http import Routes, make_app
 from workflow.testing import FakeClock, wait_for
 
 FAILED_EVENT_RETRIES = RetryPolicy(
@@ -53,6 +61,19 @@ class Message(BaseModel):
     to: str = ""
     body: str = ""
     delay_s: float = 0.0
+
+
+class Payload(BaseModel):
+    """What an event carries (``POST /dispatch`` validates it; a bad one is "invalid")."""
+
+    to: str
+    body: str
+
+
+def to_message(payload: Payload | None, delay: timedelta) -> Message:
+    """The run's object: the payload, and the delay that the SCHEDULED timer reads."""
+    p = payload or Payload(to="", body="")
+    return Message(to=p.to, body=p.body, delay_s=delay.total_seconds())
 
 
 @dataclass(frozen=True)
@@ -95,23 +116,45 @@ def channel_workflow(channel: Channel) -> Builder[Message, Status]:
     return b
 
 
+def routes_for(workflows: dict[str, Workflow[Message, Status]]) -> Routes:
+    """Each event name triggers its channel's workflow: at READY, or at SCHEDULED when the
+    event has a delay."""
+    routes = Routes()
+    for name, wf in workflows.items():
+        routes.trigger(
+            name,
+            wf,
+            model=Payload,
+            start=Status.READY,
+            delayed_start=Status.SCHEDULED,
+            build=to_message,
+        )
+    return routes
+
+
 class Dispatcher:
-    """Routes events by name to their workflows."""
+    """Sends batches of events to ``POST /dispatch`` with a token of the dispatch scope."""
 
-    def __init__(self, workflows: dict[str, Workflow[Message, Status]]) -> None:
-        self.workflows = workflows
+    def __init__(self, client: httpx.AsyncClient, token: str) -> None:
+        self.client = client
+        self.headers = {"Authorization": f"Bearer {token}"}
 
-    async def dispatch(self, batch: list[Event]) -> list[str]:
-        unknown = sorted({e.name for e in batch} - set(self.workflows))
-        if unknown:  # refused before anything is written
-            raise ValueError(f"no workflow handles {unknown}; known: {sorted(self.workflows)}")
-        ids = []
-        for e in batch:
-            wf = self.workflows[e.name]
-            start = Status.SCHEDULED if e.delay > timedelta(0) else Status.READY
-            msg = Message(to=e.to, body=e.body, delay_s=e.delay.total_seconds())
-            ids.append(await wf.trigger(e.id, start, initial_value=msg, idempotency_key=e.id))
-        return ids
+    async def dispatch(self, batch: list[Event]) -> list[dict[str, Any]]:
+        """One result per event: ``{index, status, run_id?, error?}``."""
+        events = [
+            {
+                "name": e.name,
+                "foreign_id": e.id,
+                "payload": {"to": e.to, "body": e.body},
+                "delay": e.delay.total_seconds(),
+                "idempotency_key": e.id,
+            }
+            for e in batch
+        ]
+        r = await self.client.post("/dispatch", json={"events": events}, headers=self.headers)
+        r.raise_for_status()
+        results: list[dict[str, Any]] = r.json()["results"]
+        return results
 
 
 BATCH = [
@@ -147,17 +190,26 @@ async def main(
         )
         for name, ch in channels.items()
     }
-    dispatcher = Dispatcher(workflows)
+    token = secrets.token_urlsafe(32)  # in production: from configuration (tokens_from_env)
+    app = make_app(
+        list(workflows.values()),
+        tokens={token: {"dispatch"}},
+        routes=routes_for(workflows),
+        metrics_registry=registry,
+    )
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://inbox")
+    dispatcher = Dispatcher(client, token)
     outcome: dict[str, str] = {}
     for wf in workflows.values():
         await wf.run()
     try:
-        ids = await dispatcher.dispatch(BATCH)
-        assert await dispatcher.dispatch(BATCH) == ids  # the same batch again: nothing new
-        try:
-            await dispatcher.dispatch([Event("ev-9", "fax", "x", "y")])
-        except ValueError as err:
-            print(f"  refused: {err}")
+        first = await dispatcher.dispatch(BATCH)
+        assert [r["status"] for r in first] == ["accepted"] * len(BATCH), first
+        ids = [str(r["run_id"]) for r in first]
+        again = await dispatcher.dispatch(BATCH)  # the same batch again: nothing new
+        assert [(r["status"], r["run_id"]) for r in again] == [("duplicate", i) for i in ids]
+        (fax,) = await dispatcher.dispatch([Event("ev-9", "fax", "x", "y")])
+        print(f"  {fax['status']}: {fax['error']}")
         by_id = {e.id: (workflows[e.name], rid) for e, rid in zip(BATCH, ids, strict=True)}
         for eid in ("ev-1", "ev-3", "ev-4"):
             wf, rid = by_id[eid]
@@ -181,6 +233,7 @@ async def main(
             outcome[e.id] = state
             print(f"  {e.id} {e.name:12} -> {state} ({run.meta.attempt} attempt(s))")
     finally:
+        await client.aclose()
         for wf in workflows.values():
             await wf.stop()
     return outcome

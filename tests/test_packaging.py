@@ -1,6 +1,7 @@
 """The built wheel, installed into a fresh virtualenv, as a stranger would: one import
 namespace (``workflow``, ``workflow.adapters.*``, no top-level ``adapters``), a missing extra
-named in its ImportError, and shipped migrations that run, then a workflow on them."""
+named in its ImportError, shipped migrations that run, then a workflow on them, and the web
+UI's static files in it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -95,6 +97,10 @@ def test_the_wheel_installs_one_namespace_and_working_migrations(tmp_path: Path)
         capture_output=True,
     )
     (wheel,) = wheels.glob("aioworkflow-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    ui = {f"workflow/http/ui/{p.name}" for p in (REPO / "workflow" / "http" / "ui").iterdir()}
+    assert ui and ui <= names, f"the web UI's files missing from the wheel: {sorted(ui - names)}"
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
