@@ -284,10 +284,10 @@ def test_db_upgrade_and_current_on_a_fresh_sqlite_file(tmp_path: Path) -> None:
     assert not (tmp_path / "fresh.db").exists()  # a read never creates the file
     up = sh("db", "upgrade", "--url", url)
     assert up.code == 0, up.err
-    assert up.out.strip() == f"upgraded {url} from none to 0003"
-    assert sh("db", "current", "--url", url).out.strip() == "0003 (head)"
+    assert up.out.strip() == f"upgraded {url} from none to 0004"
+    assert sh("db", "current", "--url", url).out.strip() == "0004 (head)"
     again = sh("db", "upgrade", "--url", url)
-    assert again.code == 0 and "is at 0003: nothing to do" in again.out
+    assert again.code == 0 and "is at 0004: nothing to do" in again.out
     nowhere = sh("db", "upgrade", "--url", sqlite_url(tmp_path / "no" / "such" / "x.db"))
     assert nowhere.code == 1 and "directory" in nowhere.line
 
@@ -325,7 +325,7 @@ def test_the_main_example_from_a_fresh_shell(tmp_path: Path) -> None:
     refused = sh("db", "upgrade", "--url", url, cwd=tmp_path)
     assert refused.code == 1 and "db stamp" in refused.line
     assert sh("db", "stamp", "--url", url, cwd=tmp_path).code == 0
-    assert sh("db", "current", "--url", url, cwd=tmp_path).out.strip() == "0003 (head)"
+    assert sh("db", "current", "--url", url, cwd=tmp_path).out.strip() == "0004 (head)"
     again = sh("db", "stamp", "--url", url, cwd=tmp_path)
     assert again.code == 1 and "use db upgrade" in again.line
     graph = sh("graph", "examples.gettingstarted:build", cwd=tmp_path)
@@ -695,7 +695,7 @@ def test_postgres_upgrade_list_by_object_field_show_and_operate(
     env = {"AIOWORKFLOW_URL": url, "AIOWORKFLOW_SCHEMA": schema}
     up = sh("db", "upgrade", **env)
     assert up.code == 0, up.err
-    assert sh("db", "current", **env).out.strip() == "0003 (head)"
+    assert sh("db", "current", **env).out.strip() == "0004 (head)"
     made = asyncio.run(make_runs(url, schema))
 
     field = sh("runs", "list", "--field", "note", "--value", "hello good-2", "--jsonl", **env)

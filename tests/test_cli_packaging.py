@@ -53,7 +53,7 @@ def test_the_console_script_from_the_wheel(tmp_path: Path) -> None:
     assert helped.stdout.startswith("Usage: aioworkflow [OPTIONS] COMMAND [ARGS]...")
     url = f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
     up = aioworkflow("db", "upgrade", "--url", url)
-    assert up.returncode == 0 and "from none to 0003" in up.stdout, up.stderr
+    assert up.returncode == 0 and "from none to 0004" in up.stdout, up.stderr
     listed = aioworkflow("runs", "list", "--url", url)
     assert listed.returncode == 0 and listed.stderr.strip() == "no runs", listed.stderr
     bad = aioworkflow("runs", "list", "--url", url, "--updated-after", "yesterday")
