@@ -12,7 +12,7 @@ from workflow._signals import signals_for
 
 WORKFLOW = Path(__file__).resolve().parent.parent / "workflow"
 ADAPTERS = Path(__file__).resolve().parent.parent / "adapters"
-OPTIONAL = {"sqlalchemy", "aiosqlite", "asyncpg", "alembic", "aiokafka"}
+OPTIONAL = {"sqlalchemy", "aiosqlite", "asyncpg", "alembic", "aiokafka", "opentelemetry"}
 
 
 def _modules() -> list[Path]:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from . import _tracing as tracing
 from ._adapters import RecordHistory
 from ._consumers import lookup_for_event
 from ._errors import ConcurrentUpdateError, RecordNotFoundError
@@ -191,26 +192,28 @@ def _poller(
         n = failed[timeout.id][1] if timeout.id in failed else 1
         run = wf.new_run(record)
         run.attempt = n
-        try:
-            result = await call_user(timeout_fn, run, clock.now(), timeout=limit)
-            if not await wf.apply(record, run, result):
-                proc.skip("next value specified skip")
-        except ConcurrentUpdateError:
-            # The run changed meanwhile (e.g. its step's retry wrote a version): the timer
-            # stays, and fires against the run as it is now at the next look.
-            proc.skip("record modified concurrently")
-            return
-        except Exception as err:
-            proc.errors.inc()
-            ctx = run_context(wf, proc, record, n)
-            non_retryable = policy.gives_up_on(err)
-            if not non_retryable and not policy.exhausted(n):
-                due = clock.now() + policy.backoff(n)
-                failed[timeout.id] = (due, n + 1)
-                wf.log.error(f"timeout attempt {n} failed: {err!r}", exc=True, **ctx)
+        with tracing.run_span(tracing.TIMEOUT, wf, record, attempt=n, process=proc.name) as traced:
+            try:
+                result = await call_user(timeout_fn, run, clock.now(), timeout=limit)
+                if not await wf.apply(record, run, result):
+                    proc.skip("next value specified skip")
+            except ConcurrentUpdateError:
+                # The run changed meanwhile (e.g. its step's retry wrote a version): the
+                # timer stays, and fires against the run as it is now at the next look.
+                proc.skip("record modified concurrently")
                 return
-            failed.pop(timeout.id, None)
-            await give_up(wf, proc, record, err, policy, non_retryable, ctx)
+            except Exception as err:
+                traced.failed(err)
+                proc.errors.inc()
+                ctx = run_context(wf, proc, record, n)
+                non_retryable = policy.gives_up_on(err)
+                if not non_retryable and not policy.exhausted(n):
+                    due = clock.now() + policy.backoff(n)
+                    failed[timeout.id] = (due, n + 1)
+                    wf.log.error(f"timeout attempt {n} failed: {err!r}", exc=True, **ctx)
+                    return
+                failed.pop(timeout.id, None)
+                await give_up(wf, proc, record, err, policy, non_retryable, ctx)
         failed.pop(timeout.id, None)
         # Fired (moved, skipped, or given up on): done with this timer.
         await store.complete(timeout.id)
