@@ -13,7 +13,7 @@ from workflow._signals import signals_for
 WORKFLOW = Path(__file__).resolve().parent.parent / "workflow"
 ADAPTERS = Path(__file__).resolve().parent.parent / "adapters"
 CLI = WORKFLOW / "cli"
-OPTIONAL = {"sqlalchemy", "aiosqlite", "asyncpg", "alembic", "aiokafka", "uvicorn"}
+OPTIONAL = {"sqlalchemy", "aiosqlite", "asyncpg", "alembic", "aiokafka", "uvicorn", "opentelemetry"}
 
 
 def _modules() -> list[Path]:

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from . import _tracing as tracing
 from ._adapters import BatchSender, EventSender, OutboxBulkDelete, RecordHistory
 from ._children import fan_in_work
 from ._errors import (
@@ -152,7 +153,7 @@ def status_consumer(
         async def handle(event: Event) -> None:
             record = await load_for_event(wf, proc, event, status)
             if record is not None:
-                await attempt(wf, proc, record, work, policy)
+                await attempt(wf, proc, record, work, policy, headers=event.headers)
 
         receiver = await wf.streamer.new_receiver(
             topic(wf.name, status),
@@ -281,7 +282,10 @@ def hook_processes(wf: Engine[Any, Any]) -> Iterator[Process]:
             except ValueError:
                 proc.skip("unable to unmarshal object")
                 return
-            await call_user(hook, TypedRecord(record, run.status, run.object))
+            with tracing.run_span(
+                tracing.HOOK, wf, record, headers=event.headers, process=proc.name
+            ):
+                await call_user(hook, TypedRecord(record, run.status, run.object))
 
         name = f"{state.name.lower()}-run-state-change-hook-consumer"
         yield _event_consumer(
@@ -421,7 +425,7 @@ def child_finished_process(wf: Engine[Any, Any]) -> Process:
         elif meta.retry_at is not None or meta.compensating:
             proc.skip("parent busy")
         else:
-            await attempt(wf, proc, record, found[0], found[1])
+            await attempt(wf, proc, record, found[0], found[1], headers=event.headers)
 
     return _event_consumer(wf, "child-finished-consumer", children_topic(wf.name), handle)
 
@@ -444,7 +448,10 @@ def compensation_process(wf: Engine[Any, Any]) -> Process:
         elif record.meta.retry_at is not None:
             proc.skip("retry scheduled")
         else:
-            await attempt(wf, proc, record, work, compensation_policy(wf, record))
+            policy = compensation_policy(wf, record)
+            await attempt(
+                wf, proc, record, work, policy, span=tracing.COMPENSATION, headers=event.headers
+            )
 
     return _event_consumer(wf, "compensation-consumer", compensation_topic(wf.name), handle)
 

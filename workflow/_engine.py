@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from . import _tracing as tracing
 from ._adapters import (
     AtomicWrites,
     EventStreamer,
@@ -200,7 +201,7 @@ class Engine(Generic[T, S]):
                 raise
             obj = json.loads(record.object)
         status: Any = self._members.get(record.status, record.status)
-        return Run(record, status, obj, self._controller, self._start_child)
+        return Run(record, status, obj, self._controller, self._start_child, self.log.logger)
 
     def _start_child(self, run: Run[Any, Any], workflow: Any, *args: Any) -> Record:
         return prepare_child(self, run, workflow, *args)
@@ -240,6 +241,7 @@ class Engine(Generic[T, S]):
         else:
             await store.store(record)
         self._count(record.workflow_name, previous, record.run_state)
+        tracing.wrote(record)
         self.signals.stored(record)
         for r, before in more:
             self._count(r.workflow_name, before, r.run_state)
@@ -406,7 +408,22 @@ class Engine(Generic[T, S]):
         trace_origin: str = "",
         idempotency_key: str | None = None,
     ) -> str:
-        """Create a run (see ``Workflow.trigger``) and return its id."""
+        """Create a run (see ``Workflow.trigger``) and return its id, in a trigger span."""
+        with tracing.trigger_span(self.name, foreign_id) as span:
+            run_id = await self._trigger(
+                foreign_id, start_at, initial_value, span.origin(trace_origin), idempotency_key
+            )
+            span.set_run(run_id)
+            return run_id
+
+    async def _trigger(
+        self,
+        foreign_id: str,
+        start_at: S | None,
+        initial_value: T | None,
+        trace_origin: str,
+        idempotency_key: str | None,
+    ) -> str:
         check_foreign_id(foreign_id)
         if idempotency_key is not None:
             if not isinstance(idempotency_key, str) or not idempotency_key:

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from ._runstate import RunState
+from ._tracing import inject as inject_trace
 
 __all__ = [
     "ConnectorEvent",
@@ -56,7 +57,9 @@ class Meta:
     failed try stores the next number) and ``retry_at`` the time that retry is due (``None``
     when none is scheduled). ``paused_by`` says why a paused run is paused (a
     :class:`~workflow.PausedBy` value, empty otherwise). ``idempotency_key`` is the key the
-    run was triggered with, if any.
+    run was triggered with, if any. ``trace_origin`` is where the run was triggered from
+    (the caller's ``file:line`` lines); a run triggered while tracing adds a last line,
+    ``traceparent: 00-…``, the W3C context of its trigger span (see ``_tracing``).
 
     A child run (started by another run's step with ``run.start_child``) names its parent in
     ``parent_workflow`` and ``parent_run_id`` (both empty for a run triggered otherwise).
@@ -315,7 +318,8 @@ _outbox_seq = itertools.count(1)
 
 
 def make_outbox_event(record: Record) -> OutboxEvent:
-    """The outbox row for a stored record: which topic, and the event's headers.
+    """The outbox row for a stored record: which topic, and the event's headers (with the
+    W3C trace context of the span that wrote it, when tracing: see ``_tracing``).
 
     Ids are unique: a random per-process prefix and a counter.
     """
@@ -328,6 +332,7 @@ def make_outbox_event(record: Record) -> OutboxEvent:
         Header.RUN_STATE: _RUN_STATE_TEXT[record.run_state],
         Header.RECORD_VERSION: str(record.meta.version),
     }
+    inject_trace(headers, record)
     return OutboxEvent(
         f"{_OUTBOX_PREFIX}{next(_outbox_seq)}",
         record.workflow_name,
@@ -357,6 +362,7 @@ def make_child_finished_event(child: Record) -> OutboxEvent:
         Header.RECORD_VERSION: "0",
         CHILD_RUN_ID: child.run_id,
     }
+    inject_trace(headers, child)
     return OutboxEvent(
         f"{_OUTBOX_PREFIX}{next(_outbox_seq)}",
         meta.parent_workflow,

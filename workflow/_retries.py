@@ -13,10 +13,11 @@ import asyncio
 import contextlib
 import heapq
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from . import _tracing as tracing
 from ._errors import ConcurrentUpdateError, NonRetryableError
 from ._options import ProcessOptions
 from ._options import resolved as _opt
@@ -78,20 +79,30 @@ def _due_times(wf: Engine[Any, Any], status: int) -> DueTimes:
 
 
 async def attempt(
-    wf: Engine[Any, Any], proc: Process, record: Record, work: Work, policy: RetryPolicy
+    wf: Engine[Any, Any],
+    proc: Process,
+    record: Record,
+    work: Work,
+    policy: RetryPolicy,
+    *,
+    span: str = tracing.STEP,
+    headers: Mapping[str, str] | None = None,
 ) -> bool:
-    """Run one attempt of ``work`` on ``record``. A failure is handled here (retry scheduled
-    or the policy gives up) and counted as the process's error. True when it succeeded."""
-    try:
-        await work(proc, wf.new_run(record))
-        return True
-    except ConcurrentUpdateError:
-        proc.skip("record modified concurrently")
-        return True
-    except Exception as err:
-        proc.errors.inc()
-        await failed(wf, proc, record, err, policy)
-        return False
+    """Run one attempt of ``work`` on ``record``, in a ``span`` (a child of the event's
+    trace context in ``headers``). A failure is handled here (retry scheduled or the policy
+    gives up) and counted as the process's error. True when it succeeded."""
+    with tracing.run_span(span, wf, record, headers=headers, process=proc.name) as traced:
+        try:
+            await work(proc, wf.new_run(record))
+            return True
+        except ConcurrentUpdateError:
+            proc.skip("record modified concurrently")
+            return True
+        except Exception as err:
+            traced.failed(err)
+            proc.errors.inc()
+            await failed(wf, proc, record, err, policy)
+            return False
 
 
 def run_context(
@@ -208,7 +219,8 @@ def retry_process(
     async def one(proc: Process, record: Record) -> None:
         t0 = time.perf_counter()
         if record.meta.compensating:  # a failed compensation's retry (see _saga)
-            ok = await attempt(wf, proc, record, compensation, compensation_policy(wf, record))
+            policy_ = compensation_policy(wf, record)
+            ok = await attempt(wf, proc, record, compensation, policy_, span=tracing.COMPENSATION)
         else:
             ok = await attempt(wf, proc, record, work, policy)
         outcomes[ok].inc()

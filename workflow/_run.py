@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, TypeVar, Union
 
+from ._log import RunLogger
 from ._record import Record, TypedRecord
 from ._runstate import RunState
 
@@ -74,7 +76,15 @@ class Run(TypedRecord[T, S]):
     paused, resumed, cancelled and have its data deleted.
     """
 
-    __slots__ = ("_children", "_controller", "_starter", "_state_changed", "attempt")
+    __slots__ = (
+        "_children",
+        "_controller",
+        "_log",
+        "_logger",
+        "_starter",
+        "_state_changed",
+        "attempt",
+    )
 
     def __init__(
         self,
@@ -83,14 +93,26 @@ class Run(TypedRecord[T, S]):
         obj: T,
         controller: Controller,
         starter: ChildStarter | None = None,
+        log: logging.Logger | None = None,
     ) -> None:
         super().__init__(record, status, obj)
         self._controller = controller
         self._starter = starter
         self._children: list[Record] = []
         self._state_changed = False
+        self._log = log
+        self._logger: RunLogger | None = None
         self.attempt: int = record.meta.attempt
         """The try of this status visit: 1 the first time, 2 on the first retry, and so on."""
+
+    @property
+    def logger(self) -> RunLogger:
+        """A :class:`logging.LoggerAdapter` on the workflow's logger that adds the run's
+        workflow, foreign id, run id, status, attempt and (while tracing) trace and span ids
+        to every line, in the message and in ``record.workflow_context``."""
+        if self._logger is None:
+            self._logger = RunLogger(self._log or logging.getLogger("workflow"), self)
+        return self._logger
 
     def skip(self) -> Directive:
         """Store nothing and move on to the next event."""

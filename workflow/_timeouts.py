@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from . import _tracing as tracing
 from ._adapters import RecordHistory
 from ._consumers import lookup_for_event
 from ._errors import ConcurrentUpdateError, RecordNotFoundError
@@ -204,28 +205,30 @@ def _poller(
         run = wf.new_run(record)
         run.attempt = n
         wrote = False
-        try:
-            result = await call_user(timeout_fn, run, clock.now(), timeout=limit)
-            wrote = await wf.apply(record, run, result)
-            if not wrote:
-                proc.skip("next value specified skip")
-        except ConcurrentUpdateError:
-            # The run changed meanwhile (e.g. its step's retry wrote a version): the timer
-            # stays, and fires against the run as it is now at the next look.
-            proc.skip("record modified concurrently")
-            return
-        except Exception as err:
-            proc.errors.inc()
-            ctx = run_context(wf, proc, record, n)
-            non_retryable = policy.gives_up_on(err)
-            if not non_retryable and not policy.exhausted(n):
-                due = clock.now() + policy.backoff(n)
-                failed[timeout.id] = (due, n + 1)
-                wf.log.error(f"timeout attempt {n} failed: {err!r}", exc=True, **ctx)
+        with tracing.run_span(tracing.TIMEOUT, wf, record, attempt=n, process=proc.name) as traced:
+            try:
+                result = await call_user(timeout_fn, run, clock.now(), timeout=limit)
+                wrote = await wf.apply(record, run, result)
+                if not wrote:
+                    proc.skip("next value specified skip")
+            except ConcurrentUpdateError:
+                # The run changed meanwhile (e.g. its step's retry wrote a version): the
+                # timer stays, and fires against the run as it is now at the next look.
+                proc.skip("record modified concurrently")
                 return
-            failed.pop(timeout.id, None)
-            await give_up(wf, proc, record, err, policy, non_retryable, ctx)
-            wrote = True  # paused, cancelled or moved the run
+            except Exception as err:
+                traced.failed(err)
+                proc.errors.inc()
+                ctx = run_context(wf, proc, record, n)
+                non_retryable = policy.gives_up_on(err)
+                if not non_retryable and not policy.exhausted(n):
+                    due = clock.now() + policy.backoff(n)
+                    failed[timeout.id] = (due, n + 1)
+                    wf.log.error(f"timeout attempt {n} failed: {err!r}", exc=True, **ctx)
+                    return
+                failed.pop(timeout.id, None)
+                await give_up(wf, proc, record, err, policy, non_retryable, ctx)
+                wrote = True  # paused, cancelled or moved the run
         failed.pop(timeout.id, None)
         # Fired (moved, skipped, or given up on): done with this timer. Unless the run's own
         # write has already removed it: the id is not used again then (a store that reused a

@@ -13,6 +13,7 @@ from contextvars import Context
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from . import _tracing as tracing
 from ._adapters import (
     Filter,
     Order,
@@ -266,9 +267,10 @@ class Workflow(Generic[T, S]):
                 or record.meta.compensating
             ):
                 continue
-            run = self._engine.new_run(record)
-            result = await call_user(fn, run, data)
-            changed = await self._engine.apply(record, run, result) or changed
+            with tracing.run_span(tracing.CALLBACK, self._engine, record, link_caller=True):
+                run = self._engine.new_run(record)
+                result = await call_user(fn, run, data)
+                changed = await self._engine.apply(record, run, result) or changed
         return changed
 
     def schedule(
