@@ -34,18 +34,19 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ._adapters import AtomicWrites, Filter, RecordStore
-from ._errors import InvalidStatusError, WorkflowError
+from ._errors import WorkflowError
 from ._process import Process
 from ._record import Record, TypedRecord
 from ._run import Run
 from ._runstate import RunState, can_move
-from ._text import check_text, storable
+from ._text import check_foreign_id, check_text, storable
 from ._usercode import call_user
 
 if TYPE_CHECKING:
     from ._engine import Engine
 
 __all__ = [
+    "atomic",
     "cascade",
     "cascade_in",
     "children_in",
@@ -61,6 +62,18 @@ _NAMESPACE = uuid.UUID("5f1d8c3e-9a4b-4c2d-8e7f-0a1b2c3d4e5f")
 _PAGE = 500
 
 MAX_KEY = 200
+
+
+def atomic(store: RecordStore) -> AtomicWrites:
+    """``store`` as a store that writes several runs in one transaction, or the error that
+    says child workflows need one."""
+    if not isinstance(store, AtomicWrites):
+        raise WorkflowError(
+            f"the record store {type(store).__name__} cannot write several runs in one "
+            "transaction (no store_many): child workflows need a store that can (the "
+            "memory and SQL stores can)"
+        )
+    return store
 
 
 def prepare_child(
@@ -82,12 +95,7 @@ def prepare_child(
             "a child run is created in its parent's transaction, so build both workflows "
             "on the same record store object"
         )
-    if not isinstance(parent.store, AtomicWrites):
-        raise WorkflowError(
-            f"the record store {type(parent.store).__name__} cannot write several runs in one "
-            "transaction (no store_many): child workflows need a store that can (the "
-            "memory and SQL stores can)"
-        )
+    atomic(parent.store)
     if not isinstance(key, str) or not key:
         raise ValueError(f"a child's key must be a non-empty str, got {key!r}")
     check_text(key, "the child's key")
@@ -99,26 +107,10 @@ def prepare_child(
     if any(c.run_id == run_id for c in run._children):
         raise ValueError(f"this step already started a child with key {key!r}")
     fid = f"{run.foreign_id}/{key}" if foreign_id is None else foreign_id
-    if not isinstance(fid, str) or not fid:
-        raise ValueError(f"foreign_id must be a non-empty str, got {fid!r}")
-    check_text(fid, "foreign_id")
-    start = child.default_start if start_at is None else child.status(start_at, "start_at")
-    if child.graph.is_terminal(int(start)):
-        raise InvalidStatusError(
-            f"start_at {start!r} is a terminal status of workflow {child.name!r}: a child "
-            "starting there would never be consumed"
-        )
-    if initial_value is None:
-        try:
-            initial = child.object_type()
-        except Exception as err:
-            raise ValueError(
-                f"{child.object_type!r} cannot be built without arguments; pass "
-                "start_child(..., initial_value=...)"
-            ) from err
-    else:
-        initial = child.codec.validate(initial_value)
-    record: Record = child.new_record(fid, start, initial, run.meta.trace_origin)
+    check_foreign_id(fid)
+    record: Record = child.first_version(
+        fid, start_at, initial_value, run.meta.trace_origin, "start_child"
+    )
     return dataclasses.replace(
         record,
         run_id=run_id,

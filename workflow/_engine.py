@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import _tracing as tracing
 from ._adapters import (
-    AtomicWrites,
     EventStreamer,
     Filter,
     RecordStore,
@@ -22,7 +21,7 @@ from ._adapters import (
     StatusCounts,
     TimeoutStore,
 )
-from ._children import cascade, prepare_child
+from ._children import atomic, cascade, prepare_child
 from ._clock import Clock, RealClock
 from ._cron import CronSchedule
 from ._errors import (
@@ -34,7 +33,6 @@ from ._errors import (
     UnableToDeleteError,
     UnableToPauseError,
     UnableToResumeError,
-    WorkflowError,
 )
 from ._log import RunLog
 from ._metrics import metrics_for
@@ -46,7 +44,7 @@ from ._retry import PausedBy
 from ._run import SAVE_AND_REPEAT, SKIP, Run, RunStateChange
 from ._runstate import RunState, can_move
 from ._signals import signals_for
-from ._text import check_text, storable
+from ._text import check_foreign_id, check_text, storable
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -229,17 +227,10 @@ class Engine(Generic[T, S]):
                 # always, also when this process's version of the parent has no fan-in:
                 # another process's (a rolling deploy) may wait for it
                 events.append(make_child_finished_event(record))
-        store = self.store
         if more or events:
-            if not isinstance(store, AtomicWrites):
-                raise WorkflowError(
-                    f"the record store {type(store).__name__} cannot write several runs in one "
-                    "transaction (no store_many): child workflows need a store that can "
-                    "(the memory and SQL stores can)"
-                )
-            await store.store_many([record, *(r for r, _ in more)], events)
+            await atomic(self.store).store_many([record, *(r for r, _ in more)], events)
         else:
-            await store.store(record)
+            await self.store.store(record)
         self._count(record.workflow_name, previous, record.run_state)
         tracing.wrote(record)
         self.signals.stored(record)
@@ -433,23 +424,7 @@ class Engine(Generic[T, S]):
             check_text(idempotency_key, "idempotency_key")
             if len(idempotency_key) > MAX_KEY:
                 raise ValueError(f"idempotency_key is longer than {MAX_KEY} characters")
-        start = self.default_start if start_at is None else self.status(start_at, "start_at")
-        if self.graph.is_terminal(int(start)):
-            raise InvalidStatusError(
-                f"start_at {start!r} is a terminal status of workflow {self.name!r}: a run "
-                "starting there would never be consumed"
-            )
-        if initial_value is None:
-            try:
-                initial: Any = self.object_type()
-            except Exception as err:
-                raise ValueError(
-                    f"{self.object_type!r} cannot be built without arguments; pass "
-                    "trigger(..., initial_value=...)"
-                ) from err
-        else:
-            initial = self.codec.validate(initial_value)
-        record = self.new_record(foreign_id, start, initial, trace_origin)
+        record = self.first_version(foreign_id, start_at, initial_value, trace_origin, "trigger")
         if idempotency_key is not None:
             record = dataclasses.replace(
                 record, meta=dataclasses.replace(record.meta, idempotency_key=idempotency_key)
@@ -488,6 +463,35 @@ class Engine(Generic[T, S]):
             )
         return stranded
 
+    def first_version(
+        self,
+        foreign_id: str,
+        start_at: Any,
+        initial_value: Any,
+        trace_origin: str,
+        caller: str,
+    ) -> Record:
+        """A new run's first version (not stored), from ``caller``'s arguments (``trigger``
+        or ``start_child``): the start status checked (a graph node, not terminal), the
+        initial object validated or built without arguments."""
+        start = self.default_start if start_at is None else self.status(start_at, "start_at")
+        if self.graph.is_terminal(int(start)):
+            raise InvalidStatusError(
+                f"start_at {start!r} is a terminal status of workflow {self.name!r}: a run "
+                "starting there would never be consumed"
+            )
+        if initial_value is None:
+            try:
+                initial: Any = self.object_type()
+            except Exception as err:
+                raise ValueError(
+                    f"{self.object_type!r} cannot be built without arguments; pass "
+                    f"{caller}(..., initial_value=...)"
+                ) from err
+        else:
+            initial = self.codec.validate(initial_value)
+        return self.new_record(foreign_id, start, initial, trace_origin)
+
     def new_record(self, foreign_id: str, start: S, initial: Any, trace_origin: str) -> Record:
         """The first version of a new run (not yet stored)."""
         now = self.clock.now()
@@ -502,12 +506,6 @@ class Engine(Generic[T, S]):
             updated_at=now,
             meta=Meta(status_description=start.name, version=1, trace_origin=trace_origin),
         )
-
-
-def check_foreign_id(foreign_id: object) -> None:
-    if not isinstance(foreign_id, str) or not foreign_id:
-        raise ValueError(f"foreign_id must be a non-empty str, got {foreign_id!r}")
-    check_text(foreign_id, "foreign_id")
 
 
 def run_state_error(target: RunState) -> type[RunStateError]:

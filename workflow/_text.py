@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["check_text", "storable"]
+__all__ = ["check_foreign_id", "check_text", "storable"]
 
 
 def check_text(value: str, what: str) -> None:
@@ -31,3 +31,10 @@ def storable(text: str) -> str:
     except UnicodeEncodeError:
         return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
     return text
+
+
+def check_foreign_id(foreign_id: object) -> None:
+    """A foreign id is a non-empty str that every store can keep (see :func:`check_text`)."""
+    if not isinstance(foreign_id, str) or not foreign_id:
+        raise ValueError(f"foreign_id must be a non-empty str, got {foreign_id!r}")
+    check_text(foreign_id, "foreign_id")
