@@ -35,7 +35,7 @@ from ._record import (
     topic,
 )
 from ._retries import attempt, retry_process
-from ._retry import PausedBy, RetryPolicy
+from ._retry import FRESH_ATTEMPTS_ON_RESUME, RetryPolicy
 from ._run import Run
 from ._runstate import RunState
 from ._saga import compensate, compensation_policy
@@ -342,11 +342,7 @@ def delete_process(wf: Engine[Any, Any]) -> Process:
 def resumed(wf: Engine[Any, Any], record: Record) -> Record:
     """The running version after a paused ``record``. A run paused because its retry policy
     gave up gets a fresh set of attempts."""
-    fresh = record.meta.paused_by in (
-        PausedBy.RETRIES_EXHAUSTED,
-        PausedBy.NON_RETRYABLE,
-        PausedBy.COMPENSATION_FAILED,
-    )
+    fresh = record.meta.paused_by in FRESH_ATTEMPTS_ON_RESUME
     return wf.next_version(
         record, run_state=RunState.RUNNING, reason="", attempt=1 if fresh else None
     )

@@ -13,7 +13,13 @@ from typing import Any, Literal
 from ._clock import as_timedelta
 from ._errors import NonRetryableError
 
-__all__ = ["EXHAUSTED_ACTIONS", "PausedBy", "RetryPolicy", "shorthand_policy"]
+__all__ = [
+    "EXHAUSTED_ACTIONS",
+    "FRESH_ATTEMPTS_ON_RESUME",
+    "PausedBy",
+    "RetryPolicy",
+    "shorthand_policy",
+]
 
 EXHAUSTED_ACTIONS = ("pause", "cancel", "compensate")
 
@@ -34,6 +40,12 @@ class PausedBy(enum.StrEnum):
     COMPENSATION_FAILED = "compensation failed"
     """A compensation (saga) failed under its retry policy: a person has to look. Resuming
     the run tries the compensations left again."""
+
+
+FRESH_ATTEMPTS_ON_RESUME = frozenset(
+    {PausedBy.RETRIES_EXHAUSTED, PausedBy.NON_RETRYABLE, PausedBy.COMPENSATION_FAILED}
+)
+"""Why a paused run gets a fresh set of attempts (``attempt`` back to 1) when resumed."""
 
 
 @dataclass(frozen=True, slots=True)

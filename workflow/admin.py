@@ -26,7 +26,7 @@ from ._engine import run_state_error
 from ._errors import ConcurrentUpdateError, RunStateError, WorkflowError
 from ._mermaid import mermaid
 from ._record import Record
-from ._retry import PausedBy
+from ._retry import FRESH_ATTEMPTS_ON_RESUME, PausedBy
 from ._runstate import RunState, can_move
 from ._text import check_text, storable
 from ._workflow import Workflow
@@ -35,7 +35,6 @@ __all__ = ["Admin", "Change", "RunDetail", "Version"]
 
 _ATTEMPTS = 5
 _PAGE = 500
-_RESET = (PausedBy.RETRIES_EXHAUSTED, PausedBy.NON_RETRYABLE, PausedBy.COMPENSATION_FAILED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +274,7 @@ class Admin:
     def _next(self, record: Record, target: RunState, reason: str) -> Record:
         meta = record.meta
         attempt = meta.attempt
-        if target is RunState.RUNNING and meta.paused_by in _RESET:
+        if target is RunState.RUNNING and meta.paused_by in FRESH_ATTEMPTS_ON_RESUME:
             attempt = 1
         return dataclasses.replace(
             record,
