@@ -6,47 +6,23 @@ through each example's own ``build``."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import cast
 
 import pytest
 from prometheus_client import CollectorRegistry
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from examples import booking, orders, payment, signup
-from examples.adapters import Adapters, MakeAdapters
+from examples.adapters import MakeAdapters
 from examples.driving import history, run_retries
-from workflow import Clock, Filter, PausedBy, RunState
+from workflow import Filter, PausedBy, RunState
 from workflow.abc import RecordHistory
 from workflow.testing import FakeClock, await_timeout_insert, wait_for
 
 from .backends import Backend
+from .test_examples import adapters as adapters
+from .test_examples import backend_engine as backend_engine
 
-
-@pytest.fixture(params=["memory", "sqlite"])
-def backend_engine(request: pytest.FixtureRequest) -> tuple[str, AsyncEngine | None]:
-    """Overrides tests/backends.py's for this module (as tests/test_examples.py does): every
-    test runs on memory and on SQLite."""
-    if request.param == "memory":
-        return "memory", None
-    return "sqlite", request.getfixturevalue("sqlite_engine")
-
-
-@pytest.fixture
-async def adapters(backend: Backend) -> AsyncIterator[MakeAdapters]:
-    """What an example's ``main(adapters=...)`` takes: ``backend``'s adapters, made on the
-    clock that ``main()`` drives (the SQL ones are closed after the test)."""
-    made: list[Backend] = []
-
-    def make(clock: Clock) -> Adapters:
-        on = Backend(backend.name, cast(FakeClock, clock), backend.registry, backend.engine)
-        made.append(on)
-        return on.adapters()
-
-    yield make
-    for on in made:
-        await on.close()
+# every test on memory and on SQLite, with the example adapters of test_examples.py
 
 
 # -- payment -----------------------------------------------------------------------------
