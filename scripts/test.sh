@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite: starts a throwaway PostgreSQL on a free loopback port (installing it
 # from Debian's packages if needed; needs root) unless WORKFLOW_TEST_POSTGRES_URL is already
-# set, runs pytest with any arguments given, and stops the server.
+# set, installs Debian's chromium for the web UI's browser tests if it is missing (needs root),
+# runs pytest with any arguments given, and stops the server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ ! -x /usr/bin/chromium ]; then
+    echo "installing Debian's chromium (tests/test_ui.py drives it with Playwright)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq chromium >/dev/null
+fi
 if [ -z "${WORKFLOW_TEST_POSTGRES_URL:-}" ]; then
     # shellcheck source=.ci/services.sh
     source .ci/services.sh
