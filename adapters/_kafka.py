@@ -480,6 +480,15 @@ class OrderedReader:
             self._check()
             for records in batch.values():
                 self._buffer.extend(records)
+        return self._take()
+
+    def next_ready(self) -> ConsumerRecord[bytes, bytes] | None:
+        """The next record if it is already fetched, without waiting; else None."""
+        if not self._buffer or self._closed or self._lost is not None:
+            return None
+        return self._take()
+
+    def _take(self) -> ConsumerRecord[bytes, bytes]:
         record = self._buffer[0]
         expected = self._next_offset.get(record.partition)
         if expected is not None and record.offset < expected:

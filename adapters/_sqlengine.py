@@ -27,7 +27,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import _postgres, _sqlite
-from ._fastsql import Statement
+from ._fastsql import Statement, note
+from ._sqlitethread import SQLiteThread
 
 __all__ = ["EngineShared", "RoleWakeups", "TopicHub", "shared"]
 
@@ -73,6 +74,10 @@ class EngineShared:
         self.roles = RoleWakeups()
         self._writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _sqlite.GroupWriter]
         self._writers = weakref.WeakKeyDictionary()
+        # SQLite on a file: the threads that own its writing and reading connections
+        # (adapters._sqlitethread; set by adapters._sqlsetup.prepare), else None.
+        self.sqlite_writer: SQLiteThread | None = None
+        self.sqlite_reader: SQLiteThread | None = None
         # The dialect's conversions and driver runners, chosen once (no per-call dispatch).
         self.encode_time: Callable[[datetime], Any]
         self.clock: Callable[[timedelta | None], sa.ColumnElement[Any]]
@@ -90,7 +95,7 @@ class EngineShared:
             self.execute = partial(_postgres.execute, engine)
         else:
             self.encode_time, self.clock = _sqlite.encode_time, _sqlite.clock
-            self.fetch = partial(_sqlite.fetch, engine)
+            self.fetch = self._sqlite_fetch
             self.fetchval = self._no_fetchval
             self.execute = self._sqlite_execute
 
@@ -101,6 +106,21 @@ class EngineShared:
 
     async def _no_fetchval(self, stmt: Statement, params: Mapping[str, Any]) -> Any:
         raise NotImplementedError("fetchval is for PostgreSQL (autocommit statements)")
+
+    def _sqlite_fetch(
+        self, stmt: Statement, params: Mapping[str, Any]
+    ) -> Awaitable[Sequence[Sequence[Any]]]:
+        reader = self.sqlite_reader
+        if reader is None:
+            return _sqlite.fetch(self.engine, stmt, params)
+        note(stmt.text, True)
+        return reader.submit(partial(_sqlite.rows, stmt, params))
+
+    def close_threads(self) -> None:
+        """End the SQLite threads (the engine is disposed; a later use starts them again)."""
+        for thread in (self.sqlite_writer, self.sqlite_reader):
+            if thread is not None:
+                thread.close()
 
     def _sqlite_execute(self, stmt: Statement, params: Mapping[str, Any]) -> Awaitable[int]:
         return self.write(partial(_sqlite.execute, stmt, params))
@@ -115,7 +135,7 @@ class EngineShared:
         loop = asyncio.get_running_loop()
         found = self._writers.get(loop)
         if found is None:
-            found = self._writers[loop] = _sqlite.GroupWriter(self.engine)
+            found = self._writers[loop] = _sqlite.GroupWriter(self.engine, self.sqlite_writer)
         return found
 
 

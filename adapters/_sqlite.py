@@ -17,12 +17,16 @@ import re
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ._fastsql import Statement, aware_utc, driver, note, track
+
+if TYPE_CHECKING:
+    from ._sqlitethread import SQLiteThread
 
 __all__ = [
     "MAX_GROUP",
@@ -133,6 +137,14 @@ async def fetch(
         return list(await db.execute_fetchall(stmt.text, params))
 
 
+def rows(
+    stmt: Statement, params: Mapping[str, Any], conn: sqlite3.Connection
+) -> list[Sequence[Any]]:
+    """A read job (for a :class:`adapters._sqlitethread.SQLiteThread`): the rows of one
+    statement."""
+    return conn.execute(stmt.text, params).fetchall()
+
+
 def execute(stmt: Statement, params: Mapping[str, Any], conn: sqlite3.Connection) -> int:
     """A write job (for :meth:`GroupWriter.submit`): one statement; its row count."""
     note(stmt.text)
@@ -189,8 +201,9 @@ class GroupWriter:
     engine's writers hand over at once instead of meeting in SQLite's busy handler, which
     sleeps in steps of up to 100 ms (other engines and processes still meet there)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, thread: SQLiteThread | None = None) -> None:
         self.engine = engine
+        self.thread = thread
         self.lock = asyncio.Lock()
         self.queue: list[Job] = []
         self.task: asyncio.Task[None] | None = None
@@ -241,6 +254,9 @@ class GroupWriter:
 
     async def _write(self, jobs: list[Job]) -> list[tuple[bool, Any]]:
         note("BEGIN", True)
+        if self.thread is not None:  # the database file's own writing thread
+            async with self.lock:
+                return await self.thread.submit(partial(_run_group, jobs=jobs))
         async with self.lock, driver(self.engine) as db:
             run = getattr(db, "_execute", None)
             if run is None or not hasattr(db, "_conn"):

@@ -28,7 +28,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from workflow import WorkflowError
 
 from . import _sqlite
-from ._sqlengine import shared
+from ._sqlengine import EngineShared, shared
+from ._sqlitethread import SQLiteThread
 
 __all__ = ["DatabaseFileError", "SQLSetupError", "SchemaError", "prepare"]
 
@@ -60,12 +61,13 @@ def prepare(engine: AsyncEngine, *, sqlite_synchronous: str = "FULL") -> AsyncEn
             raise ValueError(
                 f"sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA: {sqlite_synchronous!r}"
             )
-        _prepare_sqlite(db.sync, synchronous)
+        _prepare_sqlite(db, synchronous)
     db.synchronous = synchronous
     return engine
 
 
-def _prepare_sqlite(sync: sa.Engine, synchronous: str) -> None:
+def _prepare_sqlite(db: EngineShared, synchronous: str) -> None:
+    sync = db.sync
     path = _database_path(sync.url)
 
     def do_connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
@@ -90,6 +92,14 @@ def _prepare_sqlite(sync: sa.Engine, synchronous: str) -> None:
         read_only = conn.get_execution_options().get("workflow_read_only", False)
         conn.exec_driver_sql(_sqlite.begin(read_only))
 
+    if path is not None:  # a file: the threads that own its connections (_sqlitethread)
+
+        def open_error(err: Exception) -> None:
+            _raise_file_error(err, path)
+
+        db.sqlite_writer = SQLiteThread(str(path), synchronous, "writer", open_error)
+        db.sqlite_reader = SQLiteThread(str(path), synchronous, "reader", open_error)
+        event.listen(sync, "engine_disposed", lambda _engine: db.close_threads())
     event.listen(sync, "do_connect", do_connect)
     event.listen(sync, "checkout", checkout)
     event.listen(sync, "begin", begin)

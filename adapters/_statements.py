@@ -45,6 +45,8 @@ __all__ = [
     "EVENT",
     "FETCH_EVENTS",
     "LOOKUP",
+    "LOOKUP_MANY_PG",
+    "LOOKUP_MANY_SQLITE",
     "MOVE_CURSOR",
     "RECORD_READ",
     "RECORD_WRITE",
@@ -251,6 +253,17 @@ def _read(table: sa.Table, names: Sequence[str]) -> str:
 LOOKUP = Statement(
     f"SELECT {_read(records, RECORD_READ)} FROM {records.name} WHERE run_id = :run_id"
 )
+LOOKUP_MANY_PG = Statement(
+    f"SELECT {_read(records, RECORD_READ)} FROM {records.name} "
+    "WHERE run_id = ANY(CAST(:run_ids AS TEXT[]))"
+)
+"""The runs of a batch of lookups (PostgreSQL: ``run_ids`` a list)."""
+LOOKUP_MANY_SQLITE = Statement(
+    f"SELECT {_read(records, RECORD_READ)} FROM {records.name} "
+    "WHERE run_id IN (SELECT value FROM json_each(:run_ids))"
+)
+"""The runs of a batch of lookups (SQLite: ``run_ids`` a JSON array: one statement text
+whatever the batch's size)."""
 FETCH_EVENTS = Statement(
     f"SELECT {_read(events, EVENT_READ)} FROM {events.name} "
     "WHERE topic = :topic AND id > :after ORDER BY id LIMIT :limit"

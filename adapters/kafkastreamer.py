@@ -302,7 +302,19 @@ class KafkaReceiver:
         self._reader = reader
 
     async def recv(self) -> tuple[Event, Ack]:
-        record = await self._reader.next()
+        return self._event(await self._reader.next())
+
+    def recv_ready(self, limit: int) -> list[tuple[Event, Ack]]:
+        """Up to ``limit`` events already fetched (:class:`~workflow.abc.ReadyReceiver`)."""
+        out: list[tuple[Event, Ack]] = []
+        while len(out) < limit:
+            record = self._reader.next_ready()
+            if record is None:
+                break
+            out.append(self._event(record))
+        return out
+
+    def _event(self, record: ConsumerRecord[bytes, bytes]) -> tuple[Event, Ack]:
         event = Event(
             (record.offset << PARTITION_BITS) | record.partition,
             (record.key or b"").decode(),

@@ -161,6 +161,23 @@ class _Receiver:
 
         return event, ack
 
+    def recv_ready(self, limit: int) -> list[tuple[Event, Ack]]:
+        """Up to ``limit`` events already sent (:class:`~workflow.abc.ReadyReceiver`)."""
+        out: list[tuple[Event, Ack]] = []
+        if self._closed:
+            return out
+        tp, cursors, key = self._tp, self._streamer._cursors, self._key
+        while len(out) < limit and self._pos < tp.end:
+            offset = self._pos
+            self._pos = offset + 1
+
+            async def ack(offset: int = offset) -> None:
+                if cursors.get(key, 0) < offset + 1:
+                    cursors[key] = offset + 1
+
+            out.append((tp.get(offset), ack))
+        return out
+
     async def close(self) -> None:
         self._closed = True
 

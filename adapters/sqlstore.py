@@ -9,6 +9,7 @@ processes give one run and a :class:`~workflow.WorkflowInProgressError` for the 
 from __future__ import annotations
 
 import builtins
+import json
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
@@ -30,12 +31,15 @@ from workflow import (
 from workflow.abc import Clock, Filter, Header, Order, make_outbox_event
 
 from . import _statements
+from ._coalesce import Coalescer
 from ._postgres import lock_params
 from ._schemacheck import check_schema
 from ._sqlengine import shared
 from ._sqlsetup import prepare
 from ._statements import (
     LOOKUP,
+    LOOKUP_MANY_PG,
+    LOOKUP_MANY_SQLITE,
     event_rows,
     outbox_row,
     record_from,
@@ -43,11 +47,22 @@ from ._statements import (
     select_history,
     select_records,
 )
+from ._storebatch import write_batch
 from ._storemany import Refused, write_many
 from .sqlschema import create_schema, foreign_key, history, outbox, reading, records, timeouts
 from .sqlstreamer import SQLStreamer
 
 __all__ = ["SQLRecordStore", "create_schema"]
+
+
+DEFAULT_BATCH_LIMIT = 64
+"""Most concurrent lookups (and writes) of one store sent as one statement."""
+
+
+LOOKUPS_AT_ONCE = 4
+"""Batches of lookups of one store under way at a time (each on a connection of its own)."""
+WRITES_AT_ONCE = 2
+"""PostgreSQL: batches of writes of one store under way at a time."""
 
 
 def _unstorable(text: str) -> bool:
@@ -93,6 +108,10 @@ class SQLRecordStore:
     later: the same guarantee (the event exists exactly when the record version does), with
     three statements and one hand-over less per transition. The workflow must be built with
     that streamer (``Builder.build`` checks).
+
+    ``batch_limit``: lookups (and writes) made at about the same time by this process, e.g.
+    by a step consumer for the events it holds, go to the database together, up to this many
+    in one statement (see ``adapters._coalesce``); 1 sends each alone.
     """
 
     def __init__(
@@ -101,6 +120,7 @@ class SQLRecordStore:
         *,
         clock: Clock | None = None,
         streamer: SQLStreamer | None = None,
+        batch_limit: int = DEFAULT_BATCH_LIMIT,
     ) -> None:
         self.engine = prepare(engine)
         self._clock = clock
@@ -112,6 +132,12 @@ class SQLRecordStore:
                 f"store uses {_url(engine)!r}, the streamer {_url(streamer.engine)!r}"
             )
         self._streamer = streamer
+        self._lookups: Coalescer[str, Record] = Coalescer(
+            self._lookup_batch, batch_limit, parallel=LOOKUPS_AT_ONCE
+        )
+        self._writes: Coalescer[Record, bool] | None = None
+        if self._db.postgres and batch_limit > 1:  # SQLite: its group writer batches them
+            self._writes = Coalescer(self._store_batch, batch_limit, parallel=WRITES_AT_ONCE)
 
     @property
     def publishes_to(self) -> SQLStreamer | None:
@@ -124,6 +150,12 @@ class SQLRecordStore:
         if not self._schema_checked:  # once: refuse a database without the unique index
             await check_schema(self.engine)
             self._schema_checked = True
+        if self._writes is not None and await self._writes.submit(record):
+            return
+        await self._store_one(record)
+
+    async def _store_one(self, record: Record) -> None:
+        """``store`` alone: one statement (PostgreSQL) or one job of a group (SQLite)."""
         db = self._db
         row = record_row(record, db.encode_time)
         event = make_outbox_event(record)
@@ -153,6 +185,33 @@ class SQLRecordStore:
                 await streamer.published(tp, 1)  # after a failure: one spurious wake-up
         if written != 1:
             raise _stale(record)
+
+    async def _store_batch(self, batch: builtins.list[Record]) -> builtins.list[bool | Exception]:
+        """PostgreSQL: the concurrent ``store`` calls in one statement (``_storebatch``).
+        Per call: True (written), a :class:`ConcurrentUpdateError` (its compare-and-set was
+        refused) or False (write it again alone: a unique index refused it, the batch failed
+        as a whole, or an earlier write of the same run is in the batch)."""
+        if len(batch) == 1:
+            return [False]
+        seen: set[str] = set()
+        mine: builtins.list[int] = []
+        for i, record in enumerate(batch):
+            if record.run_id not in seen:
+                seen.add(record.run_id)
+                mine.append(i)
+        out: builtins.list[bool | Exception] = [False] * len(batch)
+        try:
+            written = await write_batch(self._db, self._streamer, [batch[i] for i in mine])
+        except Exception as err:
+            if getattr(err, "sqlstate", None) is None:
+                raise  # not the server's refusal (a lost connection): maybe committed
+            return out  # refused as a whole: nothing written, each again alone
+        for j, i in enumerate(mine):
+            if j in written:
+                out[i] = True
+            elif batch[i].meta.version > 1:
+                out[i] = _stale(batch[i])
+        return out
 
     async def store_many(
         self, records: Sequence[Record], events: Sequence[OutboxEvent] = ()
@@ -268,10 +327,22 @@ class SQLRecordStore:
     async def lookup(self, run_id: str) -> Record:
         if _unstorable(run_id):  # no stored run has one (and no driver could send it)
             raise RecordNotFoundError(f"no run with id {run_id!r}")
-        rows = await self._db.fetch(LOOKUP, {"run_id": run_id})
-        if not rows:
-            raise RecordNotFoundError(f"no run with id {run_id!r}")
-        return record_from(rows[0])
+        return await self._lookups.submit(run_id)
+
+    async def _lookup_batch(self, run_ids: builtins.list[str]) -> builtins.list[Record | Exception]:
+        """The runs of concurrent lookups, read by one statement (see ``_coalesce``)."""
+        db = self._db
+        if len(run_ids) == 1:
+            rows = await db.fetch(LOOKUP, {"run_id": run_ids[0]})
+        elif db.postgres:
+            rows = await db.fetch(LOOKUP_MANY_PG, {"run_ids": run_ids})
+        else:
+            rows = await db.fetch(LOOKUP_MANY_SQLITE, {"run_ids": json.dumps(run_ids)})
+        found = {r.run_id: r for r in map(record_from, rows)}
+        return [
+            found.get(run_id) or RecordNotFoundError(f"no run with id {run_id!r}")
+            for run_id in run_ids
+        ]
 
     async def latest(self, workflow_name: str, foreign_id: str) -> Record:
         if _unstorable(foreign_id) or _unstorable(workflow_name):

@@ -462,6 +462,15 @@ class SQLReceiver:
         event = self._buffer.popleft()
         return event, self._ack_for(event.id)
 
+    def recv_ready(self, limit: int) -> list[tuple[Event, Ack]]:
+        """Up to ``limit`` events already read ahead (:class:`~workflow.abc.ReadyReceiver`)."""
+        out: list[tuple[Event, Ack]] = []
+        buffer = self._buffer
+        while buffer and len(out) < limit and not self._closed:
+            event = buffer.popleft()
+            out.append((event, self._ack_for(event.id)))
+        return out
+
     async def _fetch(self) -> None:
         try:
             fetched = await self._streamer._fetch(self._topic, self._read)

@@ -34,6 +34,7 @@ __all__ = [
     "RecordHistory",
     "RecordStore",
     "RoleScheduler",
+    "ReadyReceiver",
     "RunVersions",
     "StatusCounts",
     "TimeoutStore",
@@ -244,6 +245,22 @@ class BatchSender(Protocol):
     """Optional capability of an event sender: send many events in one round trip."""
 
     async def send_many(self, events: builtins.list[tuple[str, int, dict[str, str]]]) -> None: ...
+
+
+@runtime_checkable
+class ReadyReceiver(Protocol):
+    """Optional capability of an event receiver: hand out, without waiting, the events it
+    already holds (read ahead in a batch).
+
+    A consumer takes them all at once, up to its concurrency, so that their runs are read
+    in one statement and their writes committed together (a store that batches concurrent
+    calls, as the SQL store does). Each comes with its ack, as from ``recv``.
+    """
+
+    def recv_ready(self, limit: int) -> builtins.list[tuple[Event, Ack]]:
+        """Up to ``limit`` events that ``recv`` would return next without waiting; none if
+        there are none."""
+        ...
 
 
 @runtime_checkable

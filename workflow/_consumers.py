@@ -11,7 +11,13 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from . import _tracing as tracing
-from ._adapters import BatchSender, EventSender, OutboxBulkDelete, RecordHistory
+from ._adapters import (
+    BatchSender,
+    EventSender,
+    OutboxBulkDelete,
+    ReadyReceiver,
+    RecordHistory,
+)
 from ._children import fan_in_work
 from ._errors import (
     ConcurrentUpdateError,
@@ -172,6 +178,7 @@ def status_consumer(
                 lag_alert=_opt(opts, "lag_alert"),
                 concurrency=_opt(opts, "concurrency"),
                 run_key=_run_id,
+                ready=receiver.recv_ready if isinstance(receiver, ReadyReceiver) else None,
             )
         finally:
             await receiver.close()

@@ -268,6 +268,7 @@ async def consume(
     before: Callable[[X], Awaitable[None]] | None = None,
     concurrency: int = 1,
     run_key: Callable[[X], str] | None = None,
+    ready: Callable[[int], list[tuple[X, Ack]]] | None = None,
 ) -> None:
     """Receive, wait out the lag, filter, handle, ack — until the workflow stops.
 
@@ -288,6 +289,7 @@ async def consume(
             lag_alert=lag_alert,
             limit=concurrency,
             run_key=run_key,
+            ready=ready,
         )
         return
     clock = proc.wf.clock
@@ -350,8 +352,12 @@ async def _consume_concurrently(
     lag_alert: timedelta,
     limit: int,
     run_key: Callable[[X], str] | None,
+    ready: Callable[[int], list[tuple[X, Ack]]] | None,
 ) -> None:
-    """Handle up to ``limit`` items at once, acknowledging strictly in order.
+    """Handle up to ``limit`` items at once, acknowledging strictly in order. After each
+    item received, the items the receiver already holds (``ready``) are started with it, in
+    the same turn of the event loop: their lookups and writes go to a store that batches
+    concurrent calls together.
 
     Items are acked only once every earlier item is done, so the durable cursor never
     passes an unfinished item: after a crash or an error everything from the first
@@ -371,6 +377,27 @@ async def _consume_concurrently(
         t0 = time.perf_counter()
         await handle(item)
         proc.latency.observe(time.perf_counter() - t0)
+
+    async def admit(item: X, ack: Ack) -> None:
+        if not keep(item):
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            window.append((ack, done))
+            proc.skip("filtered out")
+            return
+        if lag > timedelta(0):
+            await clock.sleep_until(created_at(item) + lag)
+        lag_s = (clock.now() - created_at(item)).total_seconds()
+        proc.lag_gauge.set(lag_s)
+        if alert_s > 0:
+            proc.lag_alert_gauge.set(1 if lag_s > alert_s else 0)
+        key = run_key(item) if run_key is not None else None
+        previous = by_run.get(key) if key is not None else None
+        task = asyncio.ensure_future(run(item, previous))
+        if key is not None:
+            by_run[key] = task
+            task.add_done_callback(_forget(by_run, key))
+        window.append((ack, task))
 
     try:
         while True:
@@ -392,25 +419,10 @@ async def _consume_concurrently(
                 continue
             item, ack = reading.result()
             reading = None
-            if not keep(item):
-                done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                done.set_result(None)
-                window.append((ack, done))
-                proc.skip("filtered out")
-                continue
-            if lag > timedelta(0):
-                await clock.sleep_until(created_at(item) + lag)
-            lag_s = (clock.now() - created_at(item)).total_seconds()
-            proc.lag_gauge.set(lag_s)
-            if alert_s > 0:
-                proc.lag_alert_gauge.set(1 if lag_s > alert_s else 0)
-            key = run_key(item) if run_key is not None else None
-            previous = by_run.get(key) if key is not None else None
-            task = asyncio.ensure_future(run(item, previous))
-            if key is not None:
-                by_run[key] = task
-                task.add_done_callback(_forget(by_run, key))
-            window.append((ack, task))
+            await admit(item, ack)
+            if ready is not None:  # the events already in hand: started together
+                for item, ack in ready(limit - len(window)):
+                    await admit(item, ack)
     finally:
         if reading is not None:
             reading.cancel()

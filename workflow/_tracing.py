@@ -16,6 +16,7 @@ set (``opentelemetry.trace.set_tracer_provider``): no span, no header, no line i
 from __future__ import annotations
 
 import contextvars
+import os
 from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
@@ -71,6 +72,10 @@ class _Api:
         self.unset = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
         self.provider: object = None
         self.tracer: Tracer | None = None
+        # No provider set, and none named in the environment (read once, as the API does
+        # at its first use): `trace._TRACER_PROVIDER` stays None until `set_tracer_provider`.
+        # Checked first, it saves the API's environment lookup on every span (a few µs).
+        self.env_provider = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
 
 
 _api: _Api | None = None
@@ -96,6 +101,8 @@ def _tracer() -> tuple[_Api, Tracer] | None:
         api = _load()
         if api is None:
             return None
+    if not api.env_provider and getattr(api.trace, "_TRACER_PROVIDER", api) is None:
+        return None  # the fast path of "no provider set"
     provider = api.trace.get_tracer_provider()
     if provider is not api.provider:
         if isinstance(provider, api.unset):

@@ -13,7 +13,7 @@ and :class:`EventReceiver`), :class:`RoleScheduler` (with :class:`Lease`),
 Optional capabilities (``isinstance`` checks, so a method of that name is all it takes):
 :class:`RecordHistory`, :class:`RunVersions`, :class:`StatusCounts`, :class:`OutboxBulkDelete`,
 :class:`AtomicWrites`, :class:`Purge` and :class:`DirectPublisher` for record stores;
-:class:`BatchSender` for event senders.
+:class:`BatchSender` for event senders; :class:`ReadyReceiver` for event receivers.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from ._adapters import (
     Order,
     OutboxBulkDelete,
     Purge,
+    ReadyReceiver,
     RecordHistory,
     RecordStore,
     RoleScheduler,
@@ -84,6 +85,7 @@ __all__ = [
     "OutboxBulkDelete",
     "OutboxEvent",
     "Purge",
+    "ReadyReceiver",
     "RealClock",
     "Record",
     "RecordHistory",

@@ -23,6 +23,7 @@ from ._store import (
     _same,
     core_checks,
 )
+from ._store_concurrent import concurrency_checks
 from ._store_many import composition_checks
 from ._store_ops import operations_checks
 
@@ -190,7 +191,8 @@ async def run_record_store_test(factory: RecordStoreFactory) -> None:
     idempotency keys, ``unfinished_by_status`` when the store offers it, and what child
     workflows need (``run_atomic_writes_test``: the parent and saga fields of ``Meta``,
     ``Filter.by_parent``, and ``store_many`` when the store offers it), and what operations
-    need (the ``updated_*`` and ``object_field`` filters, ``purge_finished`` when offered)."""
+    need (the ``updated_*`` and ``object_field`` filters, ``purge_finished`` when offered),
+    and that calls made at the same time each get the answer they would have got alone."""
     await run_checks(
         "record store",
         [
@@ -204,5 +206,6 @@ async def run_record_store_test(factory: RecordStoreFactory) -> None:
             ("unfinished_by_status", lambda: unfinished_counts(factory)),
             *composition_checks(factory),
             *operations_checks(factory),
+            *concurrency_checks(factory),
         ],
     )

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
 from workflow import Builder, Event, EventReceiver, EventStreamer, Run
-from workflow.abc import Ack, Directive
+from workflow.abc import Ack, Directive, ReadyReceiver
 from workflow.adapters.memrecordstore import MemRecordStore
 from workflow.adapters.memrolescheduler import MemRoleScheduler
 from workflow.adapters.memtimeoutstore import MemTimeoutStore
@@ -267,6 +267,42 @@ async def _unacked_redelivered(factory: EventStreamerFactory) -> None:
         await second.close()
 
 
+async def _ready(factory: EventStreamerFactory) -> None:
+    """``recv_ready`` (a :class:`~workflow.abc.ReadyReceiver`) hands out, in order and without
+    waiting, the events ``recv`` would return next; acked, they are not delivered again, and
+    the ones it did not hand out are."""
+    streamer = await resolve(factory())
+    topic = _topic("ready")
+    name = "adaptertest-ready"
+    fids = [f"e{i}" for i in range(1, 9)]
+    await _send_all(streamer, topic, *fids)
+    first = await streamer.new_receiver(topic, name, poll_frequency=POLL)
+    if not isinstance(first, ReadyReceiver):
+        await first.close()
+        return
+    try:
+        got: list[tuple[Event, Ack]] = []
+        while len(got) < 6:  # recv waits for the next batch; recv_ready takes what is in hand
+            got.append(await within(first.recv(), "receiving for recv_ready"))
+            got += first.recv_ready(6 - len(got))
+        check(len(got) == 6, f"recv_ready handed out more than its limit: {len(got)} events")
+        seen = [e.foreign_id for e, _ in got]
+        check(seen == fids[:6], f"recv and recv_ready gave {seen}, want {fids[:6]} in order")
+        check(first.recv_ready(0) == [], "recv_ready(0) handed out events")
+        for _, ack in got[:4]:
+            await ack()
+    finally:
+        await first.close()
+    second = await streamer.new_receiver(topic, name, poll_frequency=POLL)
+    try:
+        await (await _expect(second, "e5", "events handed out by recv_ready but not acked"))()
+        rest = [await _expect(second, fid, "events after recv_ready") for fid in fids[5:]]
+        for ack in rest:
+            await ack()
+    finally:
+        await second.close()
+
+
 async def _names_independent(factory: EventStreamerFactory) -> None:
     streamer = await resolve(factory())
     topic = _topic("names")
@@ -357,7 +393,8 @@ async def _full_workflow(factory: EventStreamerFactory) -> None:
 async def run_event_streamer_test(factory: EventStreamerFactory) -> None:
     """Check an :class:`~workflow.EventStreamer`: order and fields, isolated topics, blocking
     ``recv``, ``stream_from_latest``, durable named cursors, redelivery of unacked events,
-    independent names, and a whole workflow run through on it."""
+    independent names, ``recv_ready`` when the receiver offers it, and a whole workflow run
+    through on it."""
     await run_checks(
         "event streamer",
         [
@@ -368,6 +405,7 @@ async def run_event_streamer_test(factory: EventStreamerFactory) -> None:
             ("unacked redelivery", lambda: _unacked_redelivered(factory)),
             ("stream_from_latest", lambda: _stream_from_latest(factory)),
             ("independent names", lambda: _names_independent(factory)),
+            ("recv_ready hands out what is in hand", lambda: _ready(factory)),
             ("full workflow run through", lambda: _full_workflow(factory)),
         ],
     )
