@@ -35,6 +35,9 @@ R = TypeVar("R")
 IDLE_EXIT = 30.0
 """Seconds a thread waits for work before it closes its connection and ends."""
 
+CLOSE_TIMEOUT = 10.0
+"""Seconds :meth:`SQLiteThread.close` waits for the thread to finish its jobs and close."""
+
 Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
 
 
@@ -56,7 +59,6 @@ class SQLiteThread:
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._waiting = 0  # jobs put and not yet taken (guarded by _lock)
 
     def submit(self, fn: Callable[[sqlite3.Connection], R]) -> asyncio.Future[R]:
         """Run ``fn(conn)`` in the thread; the future of its result or exception. Once
@@ -64,39 +66,46 @@ class SQLiteThread:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[R] = loop.create_future()
         with self._lock:
-            self._waiting += 1
             self._jobs.put((fn, loop, fut))
             if self._thread is None:
                 self._thread = threading.Thread(
-                    target=self._serve, name=f"workflow-sqlite-{self.name}", daemon=True
+                    target=self._serve,
+                    args=(self._jobs,),
+                    name=f"workflow-sqlite-{self.name}",
+                    daemon=True,
                 )
                 self._thread.start()
         return fut
 
-    def close(self) -> None:
-        """End the thread once the jobs already submitted are done (it closes its
-        connection); a later :meth:`submit` starts a new one."""
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """End the thread once the jobs already submitted are done, and wait (up to
+        ``timeout`` seconds) until it has closed its connection: then the database file is
+        whole (SQLite moves the WAL into it when its last connection closes), as after
+        ``dispose()`` of a pool. A later :meth:`submit` starts a new thread (with a queue of
+        its own)."""
         with self._lock:
-            if self._thread is not None:
+            thread, self._thread = self._thread, None
+            if thread is not None:
                 self._jobs.put(None)
-                self._thread = None
+                self._jobs = queue.SimpleQueue()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
-    def _serve(self) -> None:
+    def _serve(self, jobs: queue.SimpleQueue[Job | None]) -> None:
         conn: sqlite3.Connection | None = None
         try:
             while True:
                 try:
-                    job = self._jobs.get(timeout=IDLE_EXIT)
+                    job = jobs.get(timeout=IDLE_EXIT)
                 except queue.Empty:
-                    with self._lock:
-                        if self._waiting == 0 and self._thread is threading.current_thread():
-                            self._thread = None
+                    with self._lock:  # submit puts under the lock: no job slips in now
+                        if jobs.empty():
+                            if self._thread is threading.current_thread():
+                                self._thread = None
                             return
                     continue
                 if job is None:
                     return
-                with self._lock:
-                    self._waiting -= 1
                 fn, loop, fut = job
                 try:
                     if conn is None:

@@ -1,13 +1,15 @@
-"""The writes of many runs in one PostgreSQL statement: what a record store's concurrent
-``store`` calls become (see ``adapters._coalesce``).
+"""The writes of many runs in one transaction (on PostgreSQL one statement, on SQLite one job of
+a group commit): what a record store's concurrent ``store`` calls become (see
+``adapters._coalesce``).
 
 Each run keeps its own answer, as if it had been written alone:
 
 - an **update** is a compare-and-set on its version; a refused one (the run moved on) is
   reported to its caller alone, with no trace of it in the database;
 - a **first version** whose insert a unique index refuses (its run id, the one unfinished run
-  per foreign id, its idempotency key) is left out (``ON CONFLICT DO NOTHING``) and written
-  again alone by the caller, which then gets the precise error;
+  per foreign id, its idempotency key) is left out (PostgreSQL: ``ON CONFLICT DO NOTHING``;
+  SQLite undoes the refused statement alone) and written again alone by the caller, which
+  then gets the precise error;
 - if the statement fails as a whole (any other error, a deadlock), nothing of it was written
   and every run of the batch is written again alone.
 
@@ -22,7 +24,9 @@ what one did (``bench/RESULTS.md``).
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -31,13 +35,19 @@ from workflow import Record, RunState
 from workflow.abc import Header, make_outbox_event
 
 from . import _postgres
-from ._fastsql import Statement
+from ._fastsql import Statement, note
 from ._postgres import lock_params
 from ._sqlengine import EngineShared
 from ._statements import (
     EVENT,
     OUTBOX,
     RECORD_WRITE,
+    SQLITE_INSERT_EVENTS,
+    SQLITE_INSERT_HISTORY,
+    SQLITE_INSERT_OUTBOX,
+    SQLITE_INSERT_RECORD,
+    SQLITE_SCRUB_HISTORY,
+    SQLITE_UPDATE_RECORD,
     VERSIONED,
     event_rows,
     outbox_row,
@@ -54,16 +64,15 @@ __all__ = ["PG_STORE_BATCH", "pg_batch_params", "write_batch"]
 async def write_batch(
     db: EngineShared, streamer: SQLStreamer | None, batch: Sequence[Record]
 ) -> set[int]:
-    """Write ``batch`` (runs with different run ids) in one statement; the positions in it of
-    the runs written. ``streamer``: the store's (events go to its table and its receivers are
-    woken), else outbox rows."""
+    """Write ``batch`` (runs with different run ids) in one transaction (on PostgreSQL one
+    statement); the positions in it of the runs written. ``streamer``: the store's (events
+    go to its table and its receivers are woken), else outbox rows."""
     encode = db.encode_time
     rows = [record_row(r, encode) for r in batch]
     own = [make_outbox_event(r) for r in batch]
     if streamer is None:
         tails = [outbox_row(e, encode) for e in own]
-        found = await db.fetch(PG_STORE_BATCH[False], pg_batch_params(rows, tails, None))
-        return {int(r[0]) for r in found}
+        return await _write(db, rows, tails, None)
     now = streamer.now()
     tails = []
     for e in own:
@@ -73,14 +82,61 @@ async def write_batch(
     locks = {tp: lock_params(tp, streamer.channel, streamer.notify_payload(tp)) for tp in topics}
     written: set[int] = set()
     try:
-        found = await db.fetch(PG_STORE_BATCH[True], pg_batch_params(rows, tails, locks))
-        written = {int(r[0]) for r in found}
+        written = await _write(db, rows, tails, locks)
     finally:  # after a failure: one spurious wake-up per topic
         counts = dict.fromkeys(topics, 0)
         for i in written:
             counts[tails[i]["topic"]] += 1
         for tp, n in counts.items():
             await streamer.published(tp, n)
+    return written
+
+
+async def _write(
+    db: EngineShared,
+    rows: list[dict[str, Any]],
+    tails: list[dict[str, Any]],
+    locks: Mapping[str, Mapping[str, Any]] | None,
+) -> set[int]:
+    if db.postgres:
+        found = await db.fetch(
+            PG_STORE_BATCH[locks is not None], pg_batch_params(rows, tails, locks)
+        )
+        return {int(r[0]) for r in found}
+    return set(await db.write(partial(_sqlite_batch, rows, tails, locks is not None)))
+
+
+def _sqlite_batch(
+    rows: list[dict[str, Any]], tails: list[dict[str, Any]], direct: bool, conn: sqlite3.Connection
+) -> list[int]:
+    """SQLite, in the writing thread, as one job of a group commit: each run's row (a
+    compare-and-set update, or an insert a unique index may refuse: SQLite undoes that
+    statement alone), then the history rows, the scrubbing of deleted runs' history and the
+    events (or outbox rows) of the runs written, each kind in one ``executemany``."""
+    written: list[int] = []
+    for i, row in enumerate(rows):
+        if row["version"] == 1:
+            note(SQLITE_INSERT_RECORD.text)
+            try:
+                conn.execute(SQLITE_INSERT_RECORD.text, row)
+            except sqlite3.IntegrityError:
+                continue  # refused by a unique index: its caller writes it again alone
+        else:
+            note(SQLITE_UPDATE_RECORD.text)
+            if conn.execute(SQLITE_UPDATE_RECORD.text, row).rowcount != 1:
+                continue  # the compare-and-set failed
+        written.append(i)
+    if not written:
+        return written
+    note(SQLITE_INSERT_HISTORY.text)
+    conn.executemany(SQLITE_INSERT_HISTORY.text, [rows[i] for i in written])
+    for i in written:
+        if rows[i]["run_state"] == RunState.DATA_DELETED:
+            note(SQLITE_SCRUB_HISTORY.text)
+            conn.execute(SQLITE_SCRUB_HISTORY.text, rows[i])
+    tail = SQLITE_INSERT_EVENTS if direct else SQLITE_INSERT_OUTBOX
+    note(tail.text)
+    conn.executemany(tail.text, [tails[i] for i in written])
     return written
 
 

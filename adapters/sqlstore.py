@@ -136,8 +136,9 @@ class SQLRecordStore:
             self._lookup_batch, batch_limit, parallel=LOOKUPS_AT_ONCE
         )
         self._writes: Coalescer[Record, bool] | None = None
-        if self._db.postgres and batch_limit > 1:  # SQLite: its group writer batches them
-            self._writes = Coalescer(self._store_batch, batch_limit, parallel=WRITES_AT_ONCE)
+        if batch_limit > 1:
+            at_once = WRITES_AT_ONCE if self._db.postgres else 1  # SQLite: one writer anyway
+            self._writes = Coalescer(self._store_batch, batch_limit, parallel=at_once)
 
     @property
     def publishes_to(self) -> SQLStreamer | None:
@@ -187,12 +188,12 @@ class SQLRecordStore:
             raise _stale(record)
 
     async def _store_batch(self, batch: builtins.list[Record]) -> builtins.list[bool | Exception]:
-        """PostgreSQL: the concurrent ``store`` calls in one statement (``_storebatch``).
+        """The concurrent ``store`` calls in one transaction (``_storebatch``).
         Per call: True (written), a :class:`ConcurrentUpdateError` (its compare-and-set was
         refused) or False (write it again alone: a unique index refused it, the batch failed
         as a whole, or an earlier write of the same run is in the batch)."""
-        if len(batch) == 1:
-            return [False]
+        if len(batch) == 1 and self._db.postgres:
+            return [False]  # its own statement: the same round trip, a smaller statement
         seen: set[str] = set()
         mine: builtins.list[int] = []
         for i, record in enumerate(batch):

@@ -25,15 +25,16 @@ from workflow.adapters.sqlschema import history, outbox, records
 from workflow.adapters.sqlstore import SQLRecordStore
 
 
-async def _empty(engine: AsyncEngine) -> SQLRecordStore:
+async def _empty(engine: AsyncEngine, batch_limit: int = 64) -> SQLRecordStore:
     async with engine.begin() as conn:
         for table in (outbox, history, records):
             await conn.execute(table.delete())
-    return SQLRecordStore(engine)
+    return SQLRecordStore(engine, batch_limit=batch_limit)
 
 
-async def test_conformance(sql_engine: AsyncEngine) -> None:
-    await run_record_store_test(lambda: _empty(sql_engine))
+@pytest.mark.parametrize("batch_limit", [64, 1], ids=["batched", "unbatched"])
+async def test_conformance(sql_engine: AsyncEngine, batch_limit: int) -> None:
+    await run_record_store_test(lambda: _empty(sql_engine, batch_limit))
 
 
 def _record(foreign_id: str, run_id: str, obj: bytes = b'{"a":1}') -> Record:

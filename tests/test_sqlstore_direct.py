@@ -300,3 +300,45 @@ async def test_store_many_calls_publishing_to_topics_in_opposite_orders_never_de
             store.store_many([one], [extra_two]), store.store_many([two], [extra_one])
         )
     assert await _count(sql_engine, events) == 5 * 4
+
+
+async def test_writes_made_together_publish_exactly_the_accepted_ones(
+    sql_engine: AsyncEngine, streamer: SQLStreamer
+) -> None:
+    """Concurrent stores go to the database together (one statement on PostgreSQL): every
+    accepted write's event is published once, in id order per topic; a refused write (a stale
+    version, a second unfinished run of a foreign id) publishes nothing."""
+    store = SQLRecordStore(sql_engine, streamer=streamer)
+    runs = [_record(f"r{i}") for i in range(30)]
+    for r in runs:
+        await store.store(r)
+    moved = [
+        dataclasses.replace(r, status=2, run_state=RunState.RUNNING, meta=Meta(version=2))
+        for r in runs
+    ]
+    stale = dataclasses.replace(moved[0], status=3)  # version 2 again, after moved[0]
+    second = _record("again", foreign_id=runs[1].foreign_id)
+    fresh = [_record(f"n{i}") for i in range(30)]
+    topics = {_topic(moved[0]), _topic(fresh[0]), _topic(stale)}
+    before = {tp: await stored_ids(sql_engine, tp) for tp in topics}
+    receiver = await streamer.new_receiver(_topic(moved[0]), "together")
+    results = await asyncio.gather(
+        *(store.store(r) for r in [*moved, stale, second, *fresh]), return_exceptions=True
+    )
+    assert results[: len(moved)] == [None] * len(moved)
+    assert isinstance(results[len(moved)], ConcurrentUpdateError)
+    assert isinstance(results[len(moved) + 1], WorkflowInProgressError)
+    assert results[len(moved) + 2 :] == [None] * len(fresh)
+    got = await asyncio.wait_for(take(receiver, 30), 10)
+    assert sorted(e.foreign_id for e in got) == sorted(r.run_id for r in runs)
+    assert {e.headers[Header.RECORD_VERSION] for e in got} == {"2"}
+    added = {
+        tp: [i for i in await stored_ids(sql_engine, tp) if i not in before[tp]] for tp in topics
+    }
+    assert len(added[_topic(moved[0])]) == 30
+    assert len(added[_topic(fresh[0])]) == 30  # the fresh runs, not the refused "again"
+    assert added[_topic(stale)] == []
+    for ids in added.values():
+        assert ids == sorted(ids)
+    assert await _count(sql_engine, events) == 30 + 30 + 30  # first versions, moves, fresh
+    assert (await store.lookup(runs[0].run_id)).meta.version == 2
