@@ -319,7 +319,7 @@ def markdown(results: list[PeerResult], mode: str, wall_s: float, load: str) -> 
             "",
             "- *workflows/s*: DBOS: N workflows started back to back with "
             "`DBOS.start_workflow_async` and awaited together, timed from the first start to "
-            "the last result. Ours: N runs triggered back to back, timed until the last "
+            "the last result. Ours: N runs triggered (64 calls in flight), timed until the last "
             "run's COMPLETED write committed. steps/s = 3 x workflows/s. Both verified in the "
             "database (DBOS: SUCCESS rows in `workflow_status`, 3 rows per workflow in "
             "`operation_outputs`; ours: every run COMPLETED, version 4).",

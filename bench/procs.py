@@ -9,7 +9,7 @@ For each backend (SQLite file; PostgreSQL; Kafka streamer + PostgreSQL store), e
    ``parallel_count`` = the number of workers and ``concurrency=16``, so two workers split every
    step's shards between them through the role scheduler);
 2. warm up with 20 runs;
-3. trigger N runs from this process (4 trigger tasks; this process only writes), and wait
+3. trigger N runs from this process (64 trigger tasks; this process only writes), and wait
    until the database shows every one COMPLETED;
 4. read from the database: throughput = N x K / (last COMPLETED ``updated_at`` - first
    trigger), latency under load = each run's COMPLETED ``updated_at`` - ``created_at``; check
@@ -54,7 +54,7 @@ from .worker import NAME, build, engine_for
 SECTION = "Worker processes"
 REPO = Path(__file__).resolve().parent.parent
 RUNS = {3: (2_000, 200), 10: (600, 60)}  # steps -> (full, quick) runs
-TRIGGER_TASKS = 4
+TRIGGER_TASKS = 64
 WARMUP = 20
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             machine_facts_markdown(),
             markdown_table(HEADERS, rows(results)),
             "Each configuration: fresh tables, its worker processes (`python -m bench.worker`) "
-            "started, 20 warm-up runs, then N runs triggered from the benchmark process (4 "
+            "started, 20 warm-up runs, then N runs triggered from the benchmark process (64 "
             "trigger tasks) and timed from the first trigger to the last COMPLETED write "
             "(its `updated_at` in the database); latency under load is each run's COMPLETED "
             "`updated_at` - `created_at` (queueing while the backlog drains). Every run is "

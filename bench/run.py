@@ -136,9 +136,14 @@ async def kafka_measure(bootstrap: str, pg_url: str, runs: int, latency_runs: in
                 tracker.expect("tp-", runs)
                 started: dict[str, float] = {}
                 t0 = time.perf_counter()
-                for i in range(runs):
-                    started[f"tp-{i}"] = time.perf_counter()
-                    await wf.trigger(f"tp-{i}")
+
+                async def trigger(fid: str) -> None:
+                    started[fid] = time.perf_counter()
+                    await wf.trigger(fid)
+
+                for i in range(0, runs, sql.TRIGGERS_AT_ONCE):
+                    chunk = range(i, min(runs, i + sql.TRIGGERS_AT_ONCE))
+                    await asyncio.gather(*(trigger(f"tp-{j}") for j in chunk))
                 try:
                     await asyncio.wait_for(tracker.event.wait(), max(120.0, runs / 5))
                 except TimeoutError:
@@ -189,7 +194,7 @@ def kafka_markdown(r: KafkaResult, mode: str, bootstrap: str, flavor: str) -> st
             "partitions per topic, `acks=all`, topics under a fresh namespace), "
             "`SQLRecordStore` (outbox relay on) and `SQLRoleScheduler` on PostgreSQL; one "
             "process, the real clock. 10 warm-up runs, then the idle latency (trigger, then "
-            "`await_` DONE, one run at a time), then N runs triggered back to back, timed "
+            "`await_` DONE, one run at a time), then N runs triggered (64 calls in flight), timed "
             "until the last COMPLETED write committed; every run is then checked in the "
             "database (COMPLETED at DONE, version 4).",
         ]
