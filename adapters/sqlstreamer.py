@@ -21,7 +21,8 @@ engines) wake at once too. Polling every ``poll_frequency`` seconds is only the 
 the way SQLite receivers on other engines or in other OS processes learn of new events).
 
 **Acks** are coalesced: a receiver writes its cursor at most every ``ack_interval`` seconds
-(a timer writes the last ack of a burst), before it waits for new events, and on ``close()``.
+(a timer writes the last ack of a burst), when it has waited :data:`IDLE_FLUSH` for new
+events, and on ``close()``.
 A crash may redeliver an acked event (at-least-once); an event that was not acked is always
 redelivered, and after ``close()`` a new receiver resumes right after the last acked event.
 The cursor only ever holds acked positions and never moves backwards.
@@ -74,6 +75,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _throttled = Throttle(log)
+
+IDLE_FLUSH = 0.01
+"""Seconds a receiver with an unwritten ack waits for new events before it writes its cursor
+(it then waits on as usual): a busy topic's short pauses do not each cost a cursor write."""
 
 DEFAULT_CHANNEL = "workflow_events"
 """The PostgreSQL NOTIFY channel; the payload is the topic."""
@@ -450,11 +455,21 @@ class SQLReceiver:
                     break
                 if joined:
                     continue
-            if self._acked > self._written:
+            if self._acked > self._written and (
+                asyncio.get_running_loop().time() >= self._last_write + streamer._ack_interval
+            ):
                 await self._flush()
             self._waiting = True
             try:
-                await asyncio.wait((woken,), timeout=self._poll)
+                if self._acked > self._written:
+                    # A busy topic pauses between batches: wait a moment before writing the
+                    # cursor, so that under load it is written once per ack_interval, not
+                    # once per batch. Idle after that moment: the position is written now.
+                    await asyncio.wait((woken,), timeout=min(IDLE_FLUSH, self._poll))
+                    if not woken.done() and self._acked > self._written:
+                        await self._flush()
+                if not woken.done():
+                    await asyncio.wait((woken,), timeout=self._poll)
             finally:
                 self._waiting = False
         if self._closed:

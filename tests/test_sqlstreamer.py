@@ -169,16 +169,22 @@ async def test_coalesced_acks_never_pass_an_unacked_event(
     assert event.foreign_id == "e3"
 
 
-async def test_pending_ack_is_written_before_waiting(sql_engine: AsyncEngine, make: Make) -> None:
+async def test_pending_ack_is_written_once_the_receiver_waits(
+    sql_engine: AsyncEngine, make: Make
+) -> None:
     streamer = make(sql_engine, ack_interval=60, poll_frequency=30)
     topic = new_topic()
     await send(streamer, topic, "e1", "e2")
     receiver = await streamer.new_receiver(topic, "r")
     _, e2 = await take(receiver, 2)
     task = asyncio.ensure_future(receiver.recv())
+
+    async def written() -> bool:
+        return await position(sql_engine, topic, "r") == e2.id
+
     try:
         await waiting(receiver)
-        assert await position(sql_engine, topic, "r") == e2.id
+        await until(written, "the pending ack written by the waiting receiver (ack_interval 60 s)")
     finally:
         task.cancel()
 
