@@ -60,13 +60,20 @@ class Coalescer(Generic[In, Out]):
         self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Queue[In, Out]] = (
             weakref.WeakKeyDictionary()
         )
+        self._loop: asyncio.AbstractEventLoop | None = None  # the last one's queue, at hand
+        self._queue: _Queue[In, Out] = _Queue()
 
     def submit(self, item: In) -> asyncio.Future[Out]:
         """The future of ``item``'s result, sent with the next batch."""
         loop = asyncio.get_running_loop()
-        queue = self._queues.get(loop)
-        if queue is None:
-            queue = self._queues[loop] = _Queue()
+        if loop is self._loop:  # the usual case: one loop (a weak dictionary look-up is slow)
+            queue = self._queue
+        else:
+            found = self._queues.get(loop)
+            if found is None:
+                found = self._queues[loop] = _Queue()
+            queue = found
+            self._loop, self._queue = loop, found
         fut: asyncio.Future[Out] = loop.create_future()
         queue.items.append((item, fut))
         if len(queue.tasks) < self.parallel and len(queue.items) == 1:

@@ -21,8 +21,9 @@ engines) wake at once too. Polling every ``poll_frequency`` seconds is only the 
 the way SQLite receivers on other engines or in other OS processes learn of new events).
 
 **Acks** are coalesced: a receiver writes its cursor at most every ``ack_interval`` seconds
-(a timer writes the last ack of a burst), when it has waited :data:`IDLE_FLUSH` for new
-events, and on ``close()``.
+(a timer writes the last ack of a burst), before it waits for new events (on a busy topic,
+whose last read found several, once it has waited :data:`IDLE_FLUSH` for them), and on
+``close()``.
 A crash may redeliver an acked event (at-least-once); an event that was not acked is always
 redelivered, and after ``close()`` a new receiver resumes right after the last acked event.
 The cursor only ever holds acked positions and never moves backwards.
@@ -429,6 +430,7 @@ class SQLReceiver:
         # the wake-up future taken before the last read, and whether that read was full
         self._since: asyncio.Future[None] | None = None
         self._full = False
+        self._busy = False  # the last read found several events: the topic is busy
 
     async def recv(self) -> tuple[Event, Ack]:
         """The next event of the topic and its ack. Waits (without polling delay for events
@@ -456,12 +458,13 @@ class SQLReceiver:
                 if joined:
                     continue
             if self._acked > self._written and (
-                asyncio.get_running_loop().time() >= self._last_write + streamer._ack_interval
+                not self._busy
+                or asyncio.get_running_loop().time() >= self._last_write + streamer._ack_interval
             ):
                 await self._flush()
             self._waiting = True
             try:
-                if self._acked > self._written:
+                if self._acked > self._written and self._busy:
                     # A busy topic pauses between batches: wait a moment before writing the
                     # cursor, so that under load it is written once per ack_interval, not
                     # once per batch. Idle after that moment: the position is written now.
@@ -490,6 +493,7 @@ class SQLReceiver:
         try:
             fetched = await self._streamer._fetch(self._topic, self._read)
             self._full = len(fetched) >= self._streamer._batch
+            self._busy = len(fetched) > 1
             if fetched and not self._closed:
                 self._buffer.extend(fetched)
                 self._read = fetched[-1].id
