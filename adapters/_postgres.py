@@ -24,6 +24,7 @@ from ._fastsql import Statement, aware_utc, driver, note
 __all__ = [
     "LOCKED",
     "LOCK_NAMESPACE",
+    "TOPICS_LOCK",
     "TOPIC_LOCK",
     "cast",
     "clock",
@@ -85,7 +86,21 @@ reader that saw 11 would skip 10 for ever); under the lock the inserts of one to
 one at a time, in id order. A CTE that is not referenced is not evaluated: a statement gates
 its writes on :data:`LOCKED`."""
 
-LOCKED = "(SELECT one FROM l) = 1"
+TOPICS_LOCK = """l AS MATERIALIZED (
+    SELECT count(*) AS one FROM (
+        SELECT pg_advisory_xact_lock(CAST(:namespace AS INTEGER), hashtext(t.topic)),
+               pg_notify(CAST(:channel AS TEXT), t.payload)
+        FROM unnest(CAST(:lock_topics AS TEXT[]), CAST(:lock_payloads AS TEXT[]))
+             WITH ORDINALITY AS t(topic, payload, k)
+        ORDER BY t.k
+    ) z
+)"""
+"""The insert locks of several topics (``:lock_topics``, sorted; ``:lock_payloads`` their
+NOTIFY payloads), taken one after another in that order, for a statement that writes to all
+of them: :data:`LOCKED` holds once all are taken. (Volatile functions in a sorted query's
+output list are evaluated after the sort.)"""
+
+LOCKED = "(SELECT one FROM l) >= 1"
 """The condition that makes a statement take :data:`TOPIC_LOCK` before it writes anything: an
 uncorrelated sub-select, evaluated once, before any row is read or locked."""
 

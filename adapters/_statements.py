@@ -47,6 +47,7 @@ __all__ = [
     "LOOKUP",
     "LOOKUP_MANY_PG",
     "LOOKUP_MANY_SQLITE",
+    "PG_STORE_BATCH",
     "MOVE_CURSOR",
     "RECORD_READ",
     "RECORD_WRITE",
@@ -56,10 +57,12 @@ __all__ = [
     "event_rows",
     "insert_events",
     "outbox_row",
+    "pg_batch_params",
     "record_from",
     "record_row",
     "select_history",
     "select_records",
+    "sqlite_batch",
     "store",
 ]
 
@@ -544,3 +547,131 @@ async def insert_events(
         await conn.execute(_PG_APPEND_EVENTS, {**_pg_event_params(rows, True), **lock})
     else:
         await conn.execute(_SQLITE_APPEND_EVENTS, rows)
+
+
+# -- the writes of many runs at once (adapters._storebatch) ----------------------------------
+# Each run's answer is its own: an update is a compare-and-set, a first version a refused
+# insert leaves out (the caller writes it again alone for the precise error), the rest is
+# written for the runs written only. PostgreSQL: one statement, the rows as column arrays;
+# the topics' insert locks first (in topic order), then the updated runs' rows (in run id
+# order). SQLite: one job of a group commit.
+
+
+def sqlite_batch(
+    rows: list[dict[str, Any]], tails: list[dict[str, Any]], direct: bool, conn: sqlite3.Connection
+) -> list[int]:
+    """SQLite, in the writing thread, as one job of a group commit: each run's row (a
+    compare-and-set update, or an insert a unique index may refuse: SQLite undoes that
+    statement alone), then the history rows, the scrubbing of deleted runs' history and the
+    events (or outbox rows) of the runs written, each kind in one ``executemany``."""
+    written: list[int] = []
+    for i, row in enumerate(rows):
+        if row["version"] == 1:
+            note(SQLITE_INSERT_RECORD.text)
+            try:
+                conn.execute(SQLITE_INSERT_RECORD.text, row)
+            except sqlite3.IntegrityError:
+                continue  # refused by a unique index: its caller writes it again alone
+        else:
+            note(SQLITE_UPDATE_RECORD.text)
+            if conn.execute(SQLITE_UPDATE_RECORD.text, row).rowcount != 1:
+                continue  # the compare-and-set failed
+        written.append(i)
+    if not written:
+        return written
+    note(SQLITE_INSERT_HISTORY.text)
+    conn.executemany(SQLITE_INSERT_HISTORY.text, [rows[i] for i in written])
+    for i in written:
+        if rows[i]["run_state"] == RunState.DATA_DELETED:
+            note(SQLITE_SCRUB_HISTORY.text)
+            conn.execute(SQLITE_SCRUB_HISTORY.text, rows[i])
+    tail = SQLITE_INSERT_EVENTS if direct else SQLITE_INSERT_OUTBOX
+    note(tail.text)
+    conn.executemany(tail.text, [tails[i] for i in written])
+    return written
+
+
+def _typed(table: sa.Table, name: str) -> str:
+    """The SQL type of column ``name`` (without a length), for the arrays of ``unnest``."""
+    return _postgres.cast("x", table.c[name].type).removeprefix("CAST(:x AS ").removesuffix(")")
+
+
+def _pg_store_batch(direct: bool) -> Statement:
+    cols: list[tuple[str, str]] = [("n", "INTEGER"), ("prev", "INTEGER")]
+    cols += [(n, _typed(records, n)) for n in RECORD_WRITE]
+    tail_table, tail = (events, EVENT) if direct else (outbox, OUTBOX)
+    cols += [(f"t_{n}", _typed(tail_table, n)) for n in tail]
+    arrays = ", ".join(f"CAST(:{name} AS {typ}[])" for name, typ in cols)
+    names = ", ".join(name for name, _ in cols)
+    parts: list[str] = []
+    gate = ""
+    if direct:
+        parts.append(_postgres.TOPICS_LOCK)
+        gate = f" WHERE {_postgres.LOCKED}"
+    parts.append(f"i AS MATERIALIZED (SELECT * FROM unnest({arrays}) AS i({names}){gate})")
+    parts.append(
+        f"k AS MATERIALIZED (SELECT r.run_id FROM {records.name} r "
+        "WHERE r.run_id IN (SELECT run_id FROM i WHERE version > 1) "
+        "ORDER BY r.run_id FOR UPDATE)"
+    )
+    sets = ", ".join(f"{n} = i.{n}" for n in VERSIONED)
+    parts.append(
+        f"u AS (UPDATE {records.name} r SET {sets} FROM i "
+        "WHERE r.run_id = i.run_id AND i.version > 1 AND r.version = i.prev "
+        "AND (SELECT count(*) FROM k) >= 0 RETURNING i.n)"
+    )
+    written = ", ".join(RECORD_WRITE)
+    parts.append(
+        f"c AS (INSERT INTO {records.name} ({written}) "
+        f"SELECT {', '.join('i.' + n for n in RECORD_WRITE)} FROM i WHERE i.version = 1 "
+        "ORDER BY i.n ON CONFLICT DO NOTHING RETURNING run_id)"
+    )
+    parts.append(
+        "w AS MATERIALIZED (SELECT n FROM u UNION ALL "
+        "SELECT i.n FROM i JOIN c ON c.run_id = i.run_id WHERE i.version = 1)"
+    )
+    kept = [c.name for c in history.columns]
+    parts.append(
+        f"h AS (INSERT INTO {history.name} ({', '.join(kept)}) "
+        f"SELECT {', '.join('i.' + n for n in kept)} FROM i JOIN w ON w.n = i.n)"
+    )
+    parts.append(
+        f"s AS (UPDATE {history.name} x SET object = i.object FROM i JOIN w ON w.n = i.n "
+        f"WHERE i.run_state = {int(RunState.DATA_DELETED)} AND x.run_id = i.run_id "
+        "AND x.version < i.version)"
+    )
+    parts.append(
+        f"e AS (INSERT INTO {tail_table.name} ({', '.join(tail)}) "
+        f"SELECT {', '.join('i.t_' + n for n in tail)} FROM i JOIN w ON w.n = i.n ORDER BY i.n)"
+    )
+    return Statement("WITH " + ",\n".join(parts) + "\nSELECT n FROM w")
+
+
+PG_STORE_BATCH = {direct: _pg_store_batch(direct) for direct in (False, True)}
+"""The batch write, with events published directly (``True``) or with outbox rows."""
+
+
+def pg_batch_params(
+    rows: Sequence[Mapping[str, Any]],
+    tails: Sequence[Mapping[str, Any]],
+    locks: Mapping[str, Mapping[str, Any]] | None,
+) -> dict[str, Any]:
+    """The parameters of :data:`PG_STORE_BATCH`: ``rows`` (:func:`record_row`), each run's
+    event (:func:`event_rows`) or outbox row (:func:`outbox_row`) in ``tails``, and with
+    events the lock parameters of each of their topics (``locks``, sorted by topic)."""
+    tail = EVENT if locks is not None else OUTBOX
+    params: dict[str, Any] = {
+        "n": list(range(len(rows))),
+        "prev": [r["prev"] for r in rows],
+    }
+    for name in RECORD_WRITE:
+        params[name] = [r.get(name) for r in rows]
+    for name in tail:
+        params[f"t_{name}"] = [t[name] for t in tails]
+    if locks is not None:
+        first = next(iter(locks.values()))
+        params["namespace"] = first["namespace"]
+        params["channel"] = first["channel"]
+        params["lock_topics"] = list(locks)
+        params["lock_payloads"] = [p["payload"] for p in locks.values()]
+    return params

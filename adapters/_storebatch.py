@@ -24,58 +24,48 @@ what one did (``bench/RESULTS.md``).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
+from workflow import OutboxEvent, Record
+from workflow.abc import Header
 
-from workflow import Record, RunState
-from workflow.abc import Header, make_outbox_event
-
-from . import _postgres
-from ._fastsql import Statement, note
 from ._postgres import lock_params
 from ._sqlengine import EngineShared
 from ._statements import (
-    EVENT,
-    OUTBOX,
-    RECORD_WRITE,
-    SQLITE_INSERT_EVENTS,
-    SQLITE_INSERT_HISTORY,
-    SQLITE_INSERT_OUTBOX,
-    SQLITE_INSERT_RECORD,
-    SQLITE_SCRUB_HISTORY,
-    SQLITE_UPDATE_RECORD,
-    VERSIONED,
+    PG_STORE_BATCH,
     event_rows,
     outbox_row,
+    pg_batch_params,
     record_row,
+    sqlite_batch,
 )
-from .sqlschema import events, history, outbox, records
 
 if TYPE_CHECKING:
     from .sqlstreamer import SQLStreamer
 
-__all__ = ["PG_STORE_BATCH", "pg_batch_params", "write_batch"]
+__all__ = ["write_batch"]
 
 
 async def write_batch(
-    db: EngineShared, streamer: SQLStreamer | None, batch: Sequence[Record]
+    db: EngineShared,
+    streamer: SQLStreamer | None,
+    batch: Sequence[tuple[Record, OutboxEvent]],
 ) -> set[int]:
-    """Write ``batch`` (runs with different run ids) in one transaction (on PostgreSQL one
-    statement); the positions in it of the runs written. ``streamer``: the store's (events
-    go to its table and its receivers are woken), else outbox rows."""
+    """Write ``batch`` (runs with different run ids, each with its event as
+    ``make_outbox_event`` made it in its caller's context: its trace context is the
+    caller's) in one transaction (on PostgreSQL one statement); the positions in it of the
+    runs written. ``streamer``: the store's (events go to its table and its receivers are
+    woken), else outbox rows."""
     encode = db.encode_time
-    rows = [record_row(r, encode) for r in batch]
-    own = [make_outbox_event(r) for r in batch]
+    rows = [record_row(r, encode) for r, _ in batch]
     if streamer is None:
-        tails = [outbox_row(e, encode) for e in own]
+        tails = [outbox_row(e, encode) for _, e in batch]
         return await _write(db, rows, tails, None)
     now = streamer.now()
     tails = []
-    for e in own:
+    for _, e in batch:
         run_id, status, headers = e.parts()
         tails.extend(event_rows(headers[Header.TOPIC], [(run_id, status, headers)], now, encode))
     topics = sorted({t["topic"] for t in tails})
@@ -99,138 +89,7 @@ async def _write(
     locks: Mapping[str, Mapping[str, Any]] | None,
 ) -> set[int]:
     if db.postgres:
-        found = await db.fetch(
-            PG_STORE_BATCH[locks is not None], pg_batch_params(rows, tails, locks)
-        )
+        params = pg_batch_params(rows, tails, locks)
+        found = await db.fetch(PG_STORE_BATCH[locks is not None], params)
         return {int(r[0]) for r in found}
-    return set(await db.write(partial(_sqlite_batch, rows, tails, locks is not None)))
-
-
-def _sqlite_batch(
-    rows: list[dict[str, Any]], tails: list[dict[str, Any]], direct: bool, conn: sqlite3.Connection
-) -> list[int]:
-    """SQLite, in the writing thread, as one job of a group commit: each run's row (a
-    compare-and-set update, or an insert a unique index may refuse: SQLite undoes that
-    statement alone), then the history rows, the scrubbing of deleted runs' history and the
-    events (or outbox rows) of the runs written, each kind in one ``executemany``."""
-    written: list[int] = []
-    for i, row in enumerate(rows):
-        if row["version"] == 1:
-            note(SQLITE_INSERT_RECORD.text)
-            try:
-                conn.execute(SQLITE_INSERT_RECORD.text, row)
-            except sqlite3.IntegrityError:
-                continue  # refused by a unique index: its caller writes it again alone
-        else:
-            note(SQLITE_UPDATE_RECORD.text)
-            if conn.execute(SQLITE_UPDATE_RECORD.text, row).rowcount != 1:
-                continue  # the compare-and-set failed
-        written.append(i)
-    if not written:
-        return written
-    note(SQLITE_INSERT_HISTORY.text)
-    conn.executemany(SQLITE_INSERT_HISTORY.text, [rows[i] for i in written])
-    for i in written:
-        if rows[i]["run_state"] == RunState.DATA_DELETED:
-            note(SQLITE_SCRUB_HISTORY.text)
-            conn.execute(SQLITE_SCRUB_HISTORY.text, rows[i])
-    tail = SQLITE_INSERT_EVENTS if direct else SQLITE_INSERT_OUTBOX
-    note(tail.text)
-    conn.executemany(tail.text, [tails[i] for i in written])
-    return written
-
-
-def _typed(table: sa.Table, name: str) -> str:
-    """The SQL type of column ``name`` (without a length), for the arrays of ``unnest``."""
-    return _postgres.cast("x", table.c[name].type).removeprefix("CAST(:x AS ").removesuffix(")")
-
-
-_ROW = tuple(n for n in RECORD_WRITE)
-"""The record columns passed per run (an update leaves the first-version-only ones NULL)."""
-
-
-def _batch_statement(direct: bool) -> Statement:
-    cols: list[tuple[str, str]] = [("n", "INTEGER"), ("prev", "INTEGER")]
-    cols += [(n, _typed(records, n)) for n in _ROW]
-    tail_table, tail = (events, EVENT) if direct else (outbox, OUTBOX)
-    cols += [(f"t_{n}", _typed(tail_table, n)) for n in tail]
-    arrays = ", ".join(f"CAST(:{name} AS {typ}[])" for name, typ in cols)
-    names = ", ".join(name for name, _ in cols)
-    parts: list[str] = []
-    gate = ""
-    if direct:
-        parts.append(
-            "l AS MATERIALIZED (SELECT count(*) AS one FROM (SELECT "
-            "pg_advisory_xact_lock(CAST(:namespace AS INTEGER), hashtext(t.topic)), "
-            "pg_notify(CAST(:channel AS TEXT), t.payload) "
-            "FROM unnest(CAST(:lock_topics AS TEXT[]), CAST(:lock_payloads AS TEXT[])) "
-            "WITH ORDINALITY AS t(topic, payload, k) ORDER BY t.k) z)"
-        )
-        gate = " WHERE (SELECT one FROM l) >= 0"
-    parts.append(f"i AS MATERIALIZED (SELECT * FROM unnest({arrays}) AS i({names}){gate})")
-    parts.append(
-        f"k AS MATERIALIZED (SELECT r.run_id FROM {records.name} r "
-        "WHERE r.run_id IN (SELECT run_id FROM i WHERE version > 1) "
-        "ORDER BY r.run_id FOR UPDATE)"
-    )
-    sets = ", ".join(f"{n} = i.{n}" for n in VERSIONED)
-    parts.append(
-        f"u AS (UPDATE {records.name} r SET {sets} FROM i "
-        "WHERE r.run_id = i.run_id AND i.version > 1 AND r.version = i.prev "
-        "AND (SELECT count(*) FROM k) >= 0 RETURNING i.n)"
-    )
-    written = ", ".join(RECORD_WRITE)
-    parts.append(
-        f"c AS (INSERT INTO {records.name} ({written}) "
-        f"SELECT {', '.join('i.' + n for n in RECORD_WRITE)} FROM i WHERE i.version = 1 "
-        "ORDER BY i.n ON CONFLICT DO NOTHING RETURNING run_id)"
-    )
-    parts.append(
-        "w AS MATERIALIZED (SELECT n FROM u UNION ALL "
-        "SELECT i.n FROM i JOIN c ON c.run_id = i.run_id WHERE i.version = 1)"
-    )
-    kept = [c.name for c in history.columns]
-    parts.append(
-        f"h AS (INSERT INTO {history.name} ({', '.join(kept)}) "
-        f"SELECT {', '.join('i.' + n for n in kept)} FROM i JOIN w ON w.n = i.n)"
-    )
-    parts.append(
-        f"s AS (UPDATE {history.name} x SET object = i.object FROM i JOIN w ON w.n = i.n "
-        f"WHERE i.run_state = {int(RunState.DATA_DELETED)} AND x.run_id = i.run_id "
-        "AND x.version < i.version)"
-    )
-    parts.append(
-        f"e AS (INSERT INTO {tail_table.name} ({', '.join(tail)}) "
-        f"SELECT {', '.join('i.t_' + n for n in tail)} FROM i JOIN w ON w.n = i.n ORDER BY i.n)"
-    )
-    return Statement("WITH " + ",\n".join(parts) + "\nSELECT n FROM w")
-
-
-PG_STORE_BATCH = {direct: _batch_statement(direct) for direct in (False, True)}
-"""The batch write, with events published directly (``True``) or with outbox rows."""
-
-
-def pg_batch_params(
-    rows: Sequence[Mapping[str, Any]],
-    tails: Sequence[Mapping[str, Any]],
-    locks: Mapping[str, Mapping[str, Any]] | None,
-) -> dict[str, Any]:
-    """The parameters of :data:`PG_STORE_BATCH`: ``rows`` (:func:`record_row`), each run's
-    event (:func:`event_rows`) or outbox row (:func:`outbox_row`) in ``tails``, and with
-    events the lock parameters of each of their topics (``locks``, sorted by topic)."""
-    tail = EVENT if locks is not None else OUTBOX
-    params: dict[str, Any] = {
-        "n": list(range(len(rows))),
-        "prev": [r["prev"] for r in rows],
-    }
-    for name in _ROW:
-        params[name] = [r.get(name) for r in rows]
-    for name in tail:
-        params[f"t_{name}"] = [t[name] for t in tails]
-    if locks is not None:
-        first = next(iter(locks.values()))
-        params["namespace"] = first["namespace"]
-        params["channel"] = first["channel"]
-        params["lock_topics"] = list(locks)
-        params["lock_payloads"] = [p["payload"] for p in locks.values()]
-    return params
+    return set(await db.write(partial(sqlite_batch, rows, tails, locks is not None)))

@@ -135,7 +135,7 @@ class SQLRecordStore:
         self._lookups: Coalescer[str, Record] = Coalescer(
             self._lookup_batch, batch_limit, parallel=LOOKUPS_AT_ONCE
         )
-        self._writes: Coalescer[Record, bool] | None = None
+        self._writes: Coalescer[tuple[Record, OutboxEvent], bool] | None = None
         if batch_limit > 1:
             at_once = WRITES_AT_ONCE if self._db.postgres else 1  # SQLite: one writer anyway
             self._writes = Coalescer(self._store_batch, batch_limit, parallel=at_once)
@@ -151,15 +151,17 @@ class SQLRecordStore:
         if not self._schema_checked:  # once: refuse a database without the unique index
             await check_schema(self.engine)
             self._schema_checked = True
-        if self._writes is not None and await self._writes.submit(record):
+        # The event is made here, in the caller's context: its headers carry the caller's
+        # trace context (the batch is written from another task).
+        event = make_outbox_event(record)
+        if self._writes is not None and await self._writes.submit((record, event)):
             return
-        await self._store_one(record)
+        await self._store_one(record, event)
 
-    async def _store_one(self, record: Record) -> None:
+    async def _store_one(self, record: Record, event: OutboxEvent) -> None:
         """``store`` alone: one statement (PostgreSQL) or one job of a group (SQLite)."""
         db = self._db
         row = record_row(record, db.encode_time)
-        event = make_outbox_event(record)
         streamer = self._streamer
         tp = ""
         try:
@@ -187,7 +189,9 @@ class SQLRecordStore:
         if written != 1:
             raise _stale(record)
 
-    async def _store_batch(self, batch: builtins.list[Record]) -> builtins.list[bool | Exception]:
+    async def _store_batch(
+        self, batch: builtins.list[tuple[Record, OutboxEvent]]
+    ) -> builtins.list[bool | Exception]:
         """The concurrent ``store`` calls in one transaction (``_storebatch``).
         Per call: True (written), a :class:`ConcurrentUpdateError` (its compare-and-set was
         refused) or False (write it again alone: a unique index refused it, the batch failed
@@ -196,7 +200,7 @@ class SQLRecordStore:
             return [False]  # its own statement: the same round trip, a smaller statement
         seen: set[str] = set()
         mine: builtins.list[int] = []
-        for i, record in enumerate(batch):
+        for i, (record, _) in enumerate(batch):
             if record.run_id not in seen:
                 seen.add(record.run_id)
                 mine.append(i)
@@ -208,10 +212,11 @@ class SQLRecordStore:
                 raise  # not the server's refusal (a lost connection): maybe committed
             return out  # refused as a whole: nothing written, each again alone
         for j, i in enumerate(mine):
+            record = batch[i][0]
             if j in written:
                 out[i] = True
-            elif batch[i].meta.version > 1:
-                out[i] = _stale(batch[i])
+            elif record.meta.version > 1:
+                out[i] = _stale(record)
         return out
 
     async def store_many(

@@ -204,6 +204,42 @@ async def test_a_run_is_one_trace(backend: Backend, spans: Spans) -> None:
     await check_one_trace(backend, spans)
 
 
+async def test_runs_written_together_keep_their_own_traces(backend: Backend, spans: Spans) -> None:
+    """Runs triggered at once, each from its own request, and stepped by consumers that take
+    many events at once: the SQL store writes them in batches from another task, and each
+    run's event still carries its own writer's trace context (made in the caller's task)."""
+
+    async def first(run: Run[Obj, Status]) -> Status:
+        return Status.MIDDLE
+
+    async def second(run: Run[Obj, Status]) -> Status:
+        return Status.DONE
+
+    b = Builder[Obj, Status]("traced")
+    b.add_step(Status.STARTED, first, Status.MIDDLE).with_options(concurrency=16)
+    b.add_step(Status.MIDDLE, second, Status.DONE).with_options(concurrency=16)
+    wf = backend.build(b)
+    caller = trace.get_tracer("test")
+    n = 24
+
+    async def request(i: int) -> str:
+        with caller.start_as_current_span(f"POST /orders/{i}"):
+            return await wf.trigger(f"o-{i}")
+
+    async with wf:
+        rids = await asyncio.gather(*(request(i) for i in range(n)))
+        for i, rid in enumerate(rids):
+            await wf.await_(f"o-{i}", rid, Status.DONE, timeout=20)
+    for i in range(n):
+        http = one(spans, f"POST /orders/{i}")
+        trigger = one(spans, "workflow.trigger", foreign_id=f"o-{i}")
+        step1 = one(spans, "workflow.step", foreign_id=f"o-{i}", status="STARTED")
+        step2 = one(spans, "workflow.step", foreign_id=f"o-{i}", status="MIDDLE")
+        assert child_of(trigger, http), f"run o-{i}: its trigger left its request's trace"
+        assert child_of(step1, trigger), f"run o-{i}: its first step joined another trace"
+        assert child_of(step2, step1), f"run o-{i}: its second step joined another trace"
+
+
 async def test_a_run_is_one_trace_over_kafka(
     sql_engine: AsyncEngine,
     clock: FakeClock,
