@@ -57,12 +57,10 @@ __all__ = [
     "event_rows",
     "insert_events",
     "outbox_row",
-    "pg_batch_params",
     "record_from",
     "record_row",
     "select_history",
     "select_records",
-    "sqlite_batch",
     "store",
 ]
 
@@ -557,40 +555,6 @@ async def insert_events(
 # order). SQLite: one job of a group commit.
 
 
-def sqlite_batch(
-    rows: list[dict[str, Any]], tails: list[dict[str, Any]], direct: bool, conn: sqlite3.Connection
-) -> list[int]:
-    """SQLite, in the writing thread, as one job of a group commit: each run's row (a
-    compare-and-set update, or an insert a unique index may refuse: SQLite undoes that
-    statement alone), then the history rows, the scrubbing of deleted runs' history and the
-    events (or outbox rows) of the runs written, each kind in one ``executemany``."""
-    written: list[int] = []
-    for i, row in enumerate(rows):
-        if row["version"] == 1:
-            note(SQLITE_INSERT_RECORD.text)
-            try:
-                conn.execute(SQLITE_INSERT_RECORD.text, row)
-            except sqlite3.IntegrityError:
-                continue  # refused by a unique index: its caller writes it again alone
-        else:
-            note(SQLITE_UPDATE_RECORD.text)
-            if conn.execute(SQLITE_UPDATE_RECORD.text, row).rowcount != 1:
-                continue  # the compare-and-set failed
-        written.append(i)
-    if not written:
-        return written
-    note(SQLITE_INSERT_HISTORY.text)
-    conn.executemany(SQLITE_INSERT_HISTORY.text, [rows[i] for i in written])
-    for i in written:
-        if rows[i]["run_state"] == RunState.DATA_DELETED:
-            note(SQLITE_SCRUB_HISTORY.text)
-            conn.execute(SQLITE_SCRUB_HISTORY.text, rows[i])
-    tail = SQLITE_INSERT_EVENTS if direct else SQLITE_INSERT_OUTBOX
-    note(tail.text)
-    conn.executemany(tail.text, [tails[i] for i in written])
-    return written
-
-
 def _typed(table: sa.Table, name: str) -> str:
     """The SQL type of column ``name`` (without a length), for the arrays of ``unnest``."""
     return _postgres.cast("x", table.c[name].type).removeprefix("CAST(:x AS ").removesuffix(")")
@@ -649,29 +613,3 @@ def _pg_store_batch(direct: bool) -> Statement:
 
 PG_STORE_BATCH = {direct: _pg_store_batch(direct) for direct in (False, True)}
 """The batch write, with events published directly (``True``) or with outbox rows."""
-
-
-def pg_batch_params(
-    rows: Sequence[Mapping[str, Any]],
-    tails: Sequence[Mapping[str, Any]],
-    locks: Mapping[str, Mapping[str, Any]] | None,
-) -> dict[str, Any]:
-    """The parameters of :data:`PG_STORE_BATCH`: ``rows`` (:func:`record_row`), each run's
-    event (:func:`event_rows`) or outbox row (:func:`outbox_row`) in ``tails``, and with
-    events the lock parameters of each of their topics (``locks``, sorted by topic)."""
-    tail = EVENT if locks is not None else OUTBOX
-    params: dict[str, Any] = {
-        "n": list(range(len(rows))),
-        "prev": [r["prev"] for r in rows],
-    }
-    for name in RECORD_WRITE:
-        params[name] = [r.get(name) for r in rows]
-    for name in tail:
-        params[f"t_{name}"] = [t[name] for t in tails]
-    if locks is not None:
-        first = next(iter(locks.values()))
-        params["namespace"] = first["namespace"]
-        params["channel"] = first["channel"]
-        params["lock_topics"] = list(locks)
-        params["lock_payloads"] = [p["payload"] for p in locks.values()]
-    return params
