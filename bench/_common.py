@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import cProfile
 import math
 import os
@@ -13,12 +14,14 @@ import resource
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 __all__ = [
+    "LOOPS",
     "RESULTS_PATH",
     "Percentiles",
     "command_line",
@@ -28,6 +31,8 @@ __all__ = [
     "fmt_int",
     "fsync_cost_us",
     "load_average",
+    "loop_available",
+    "loop_text",
     "machine_facts",
     "machine_facts_markdown",
     "markdown_table",
@@ -36,6 +41,7 @@ __all__ = [
     "print_table",
     "profile_by_package",
     "read_section",
+    "run_on",
     "utc_now",
     "write_section",
 ]
@@ -299,3 +305,43 @@ def profile_by_package(profile: cProfile.Profile) -> list[tuple[str, float]]:
         label = _package(filename, name)
         totals[label] = totals.get(label, 0.0) + tottime
     return sorted(totals.items(), key=lambda kv: kv[1], reverse=True)
+
+
+# -- event loops ---------------------------------------------------------------------------
+
+LOOPS = ("asyncio", "uvloop")
+"""``--loop`` choices: the default asyncio event loop, or uvloop (the ``uvloop`` extra)."""
+
+_T = TypeVar("_T")
+
+
+def loop_available(loop: str) -> bool:
+    """Whether ``loop`` can run here (uvloop is an optional extra)."""
+    if loop == "asyncio":
+        return True
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def loop_text(loop: str) -> str:
+    """``default asyncio event loop`` or ``uvloop 0.19.0``, for the reports."""
+    if loop == "asyncio":
+        return "default asyncio event loop"
+    import uvloop
+
+    return f"uvloop {uvloop.__version__}"
+
+
+def run_on(loop: str, coro: Coroutine[Any, Any, _T]) -> _T:
+    """``asyncio.run(coro)`` on the default event loop or on uvloop (``loop``)."""
+    if loop == "asyncio":
+        return asyncio.run(coro)
+    if loop != "uvloop":
+        raise ValueError(f"unknown event loop {loop!r}; choose from {LOOPS}")
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)

@@ -2,7 +2,8 @@
 in-memory adapters (MemStreamer, MemRecordStore, MemRoleScheduler) with the real clock.
 
     python -m bench.memory [--runs N] [--steps K] [--quick] [--latency-runs M]
-                           [--repeat R] [--yield-every B] [--no-write] [--check]
+                           [--repeat R] [--yield-every B] [--loop asyncio|uvloop|both]
+                           [--no-write] [--check]
 
 Each phase uses a freshly built and started workflow (default options, outbox relay on),
 warmed up with a few hundred uncounted runs:
@@ -18,6 +19,12 @@ warmed up with a few hundred uncounted runs:
 3. peak RSS (``ru_maxrss``) at the end.
 
 The results are printed and written to the "Memory adapters" section of bench/RESULTS.md.
+
+``--loop uvloop`` runs the same on uvloop (the ``uvloop`` extra: ``pip install
+aioworkflow[uvloop]``), ``--loop both`` on the default loop and then on uvloop, one after the
+other in this process (uvloop's peak RSS then includes the first run's). The default loop's
+figures are the section's main table; uvloop's go to its "On uvloop" part. A loop that was not
+run keeps its previous figures there.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import argparse
 import asyncio
 import enum
 import gc
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -40,16 +48,21 @@ from workflow.adapters.memrolescheduler import MemRoleScheduler
 from workflow.adapters.memstreamer import MemStreamer
 
 from ._common import (
+    LOOPS,
     Percentiles,
     command_line,
     fmt_int,
     load_average,
+    loop_available,
+    loop_text,
     machine_facts,
     machine_facts_markdown,
     markdown_table,
     peak_rss_mib,
     percentiles,
     print_table,
+    read_section,
+    run_on,
     utc_now,
     write_section,
 )
@@ -237,6 +250,8 @@ class Results:
     rss_peak_mib: float
     wall_s: float
     load_before: str
+    loop: str = "asyncio"
+    rss_own: bool = True  # False: an earlier measurement ran in the same process
 
     @property
     def tp(self) -> Throughput:
@@ -343,13 +358,15 @@ def report_rows(r: Results) -> list[list[str]]:
         [
             "peak RSS (ru_maxrss)",
             f"{r.rss_peak_mib:.1f} MiB at the end ({r.rss_before_tp_mib:.1f} MiB before the "
-            "throughput phase)",
+            "throughput phase)"
+            + ("" if r.rss_own else "; the process ran the default loop's measurement first"),
             "none",
         ],
     ]
 
 
 def markdown(r: Results, mode: str, yield_every: int) -> str:
+    """The section's main part (the default loop) or its uvloop part: the same text."""
     facts = machine_facts()
     return "\n".join(
         [
@@ -365,8 +382,8 @@ def markdown(r: Results, mode: str, yield_every: int) -> str:
             f"Workflow: {r.steps} steps (STARTED → … → DONE), each an `async def` that mutates "
             "a small pydantic object and returns the next status, on `MemStreamer`, "
             "`MemRecordStore` and `MemRoleScheduler` with the real clock, default options "
-            "(`parallel_count=1`, outbox relay on) and a fresh Prometheus registry; default "
-            f"asyncio event loop, one process, {facts['python']}. Every workflow is warmed up "
+            "(`parallel_count=1`, outbox relay on) and a fresh Prometheus registry; "
+            f"{loop_text(r.loop)}, one process, {facts['python']}. Every workflow is warmed up "
             f"with {WARMUP_RUNS} uncounted runs.",
             "",
             "- *Latency, idle engine*: one run at a time, `trigger` then "
@@ -383,6 +400,45 @@ def markdown(r: Results, mode: str, yield_every: int) -> str:
             "figure grows with the trigger batch (`--yield-every`).",
         ]
     )
+
+
+UVLOOP_PART = "### On uvloop"
+
+
+def section(results: dict[str, Results], title: str, mode: str, yield_every: int) -> str:
+    """The section: the default loop's part, then uvloop's; a loop not run this time keeps its
+    previous part."""
+    old = read_section(title) or ""
+    head, _sep, old_uv = old.partition(UVLOOP_PART)
+    main_part = head.strip("\n") or "Not measured yet on the default loop."
+    if "asyncio" in results:
+        main_part = markdown(results["asyncio"], mode, yield_every)
+    uv_part = old_uv.strip("\n")
+    if "uvloop" in results:
+        r = results["uvloop"]
+        uv_part = "\n".join(
+            [
+                f"The same benchmark on {loop_text('uvloop')} (the `uvloop` extra, "
+                f"`--loop uvloop`), measured {utc_now()}:",
+                "",
+                markdown_table(["metric", "measured", "target"], report_rows(r)),
+            ]
+            + (
+                [
+                    "",
+                    f"Beside the default loop in the same run: "
+                    f"{r.tp.transitions_per_s / results['asyncio'].tp.transitions_per_s:.2f}x "
+                    f"the throughput, idle p50 {r.idle_ms.p50:.2f} ms against "
+                    f"{results['asyncio'].idle_ms.p50:.2f} ms.",
+                ]
+                if "asyncio" in results
+                else []
+            )
+        )
+    if not uv_part:
+        uv_part = "Not measured yet (`--loop uvloop` or `--loop both`, with uvloop installed)."
+    uv_part = re.sub(r"^#+ .*\n", "", uv_part) if uv_part.startswith("#") else uv_part
+    return f"{main_part}\n\n{UVLOOP_PART}\n\n{uv_part}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -414,6 +470,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"triggers between yields to the event loop (default {YIELD_EVERY})",
     )
     p.add_argument(
+        "--loop",
+        choices=(*LOOPS, "both"),
+        default="asyncio",
+        help="event loop: the default asyncio one, uvloop (the uvloop extra), or both in turn",
+    )
+    p.add_argument(
         "--no-write", action="store_true", help="print only; do not touch bench/RESULTS.md"
     )
     p.add_argument(
@@ -435,21 +497,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     mode = "quick" if args.quick else "full"
+    loops = list(LOOPS) if args.loop == "both" else [args.loop]
+    if "uvloop" in loops and not loop_available("uvloop"):
+        if args.loop == "uvloop":
+            print("uvloop is not installed: pip install aioworkflow[uvloop]")
+            return 2
+        print("note: uvloop is not installed (pip install aioworkflow[uvloop]): default loop only")
+        loops.remove("uvloop")
     print(
         f"bench.memory ({mode}): {args.repeat} x {args.runs:,} runs x {args.steps} steps, "
-        f"{args.latency_runs:,} latency runs, {WARMUP_RUNS} warm-up runs per workflow"
+        f"{args.latency_runs:,} latency runs, {WARMUP_RUNS} warm-up runs per workflow; "
+        f"loop {', '.join(loops)}"
     )
-    r = asyncio.run(
-        run_benchmark(args.runs, args.steps, args.latency_runs, args.repeat, args.yield_every)
-    )
-    print()
-    print_table(["metric", "measured", "target"], report_rows(r))
-    print(f"\nwhole script: {r.wall_s:.1f} s; load average before: {r.load_before}")
+    results: dict[str, Results] = {}
+    for i, loop in enumerate(loops):
+        r = run_on(
+            loop,
+            run_benchmark(args.runs, args.steps, args.latency_runs, args.repeat, args.yield_every),
+        )
+        r.loop, r.rss_own = loop, i == 0
+        results[loop] = r
+        print(f"\n{loop_text(loop)}:")
+        print_table(["metric", "measured", "target"], report_rows(r))
+        print(f"whole measurement: {r.wall_s:.1f} s; load average before: {r.load_before}")
+    if "asyncio" in results and "uvloop" in results:
+        ratio = results["uvloop"].tp.transitions_per_s / results["asyncio"].tp.transitions_per_s
+        print(f"\nuvloop / default loop throughput: {ratio:.2f}x")
     if not args.no_write:
         title = SECTION if args.steps == 3 else f"{SECTION}, {args.steps} steps"
-        path = write_section(title, markdown(r, mode, args.yield_every))
+        path = write_section(title, section(results, title, mode, args.yield_every))
         print(f"wrote the {title!r} section of {path}")
-    return 1 if args.check and not all(targets_met(r)) else 0
+    missed = any(not all(targets_met(r)) for r in results.values())
+    return 1 if args.check and missed else 0
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ beside what the same machine and database can do at best.
 
     python -m bench.sql [--backend sqlite|postgres|both] [--runs N] [--quick]
                         [--concurrency C] [--latency-runs M] [--pg-url URL]
-                        [--no-profile] [--no-write] [--check]
+                        [--no-profile] [--loop asyncio|uvloop] [--no-write] [--check]
 
 Per backend, one process, the real clock:
 
@@ -73,6 +73,8 @@ from ._common import (
     filesystem_of,
     fmt_int,
     load_average,
+    loop_available,
+    loop_text,
     machine_facts_markdown,
     markdown_table,
     peak_rss_mib,
@@ -80,6 +82,7 @@ from ._common import (
     print_table,
     profile_by_package,
     read_section,
+    run_on,
     utc_now,
     write_section,
 )
@@ -997,7 +1000,7 @@ def preamble(args: argparse.Namespace) -> str:
             f"`SQLStreamer` (`poll_frequency={POLL_FREQUENCY}`) and `SQLRoleScheduler` (10 s "
             "lease) sharing one engine from `make_engine`, the real clock, and every "
             "step with the `concurrency` option (events handled at once per consumer, acked "
-            "in order); one process, default asyncio loop. Each configuration runs on fresh "
+            f"in order); one process, {loop_text(args.loop)}. Each configuration runs on fresh "
             "tables (SQLite: a new file; PostgreSQL: the bench schema's tables re-created) "
             f"and is warmed up with {WARMUP_SEQ + WARMUP_BATCH} uncounted runs.",
             "",
@@ -1115,6 +1118,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-profile", dest="profile", action="store_false", help="skip the cProfile pass"
     )
     p.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="event loop: the default asyncio one or uvloop (the uvloop extra)",
+    )
+    p.add_argument(
         "--no-write", action="store_true", help="print only; do not touch bench/RESULTS.md"
     )
     p.add_argument(
@@ -1145,7 +1154,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.latency_runs} latency "
         "runs"
     )
-    results = asyncio.run(run_all(args, pg_url))
+    if not loop_available(args.loop):
+        print("uvloop is not installed: pip install aioworkflow[uvloop]")
+        return 2
+    results = run_on(args.loop, run_all(args, pg_url))
     for r in results:
         print_backend(r)
     print(f"\nwhole script: {time.perf_counter() - t0:.1f} s")
