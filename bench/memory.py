@@ -435,8 +435,8 @@ def section(results: dict[str, Results], title: str, mode: str, yield_every: int
                 else []
             )
         )
-    if not uv_part:
-        uv_part = "Not measured yet (`--loop uvloop` or `--loop both`, with uvloop installed)."
+    if not uv_part:  # never measured on uvloop: no such part
+        return main_part
     uv_part = re.sub(r"^#+ .*\n", "", uv_part) if uv_part.startswith("#") else uv_part
     return f"{main_part}\n\n{UVLOOP_PART}\n\n{uv_part}"
 

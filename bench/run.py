@@ -4,7 +4,8 @@
 
 Parts, in order (each writes its own ``##`` section of bench/RESULTS.md):
 
-- ``memory``: ``bench.memory`` (in-memory adapters: throughput, latency, peak RSS);
+- ``memory``: ``bench.memory`` (in-memory adapters: throughput, latency, peak RSS; on the
+  default event loop, then on uvloop when the ``uvloop`` extra is installed);
 - ``memory10``: the same with a 10-step workflow (its own section);
 - ``sql``: ``bench.sql`` (SQLite, and PostgreSQL when ``$WORKFLOW_TEST_POSTGRES_URL`` is set);
 - ``kafka``: when ``$WORKFLOW_TEST_KAFKA_BOOTSTRAP`` and a PostgreSQL URL are set, a small
@@ -12,6 +13,11 @@ Parts, in order (each writes its own ``##`` section of bench/RESULTS.md):
   (``fetch_max_wait_ms=10``) with ``SQLRecordStore`` and ``SQLRoleScheduler`` on PostgreSQL
   (section "Kafka + PostgreSQL");
 - ``rss``: ``bench.rss`` (memory growth of one long-lived worker);
+- ``inflight``: ``bench.inflight`` (peak RSS of a worker with 10,000 runs in flight beside its
+  idle RSS, on the memory adapters and on SQLite);
+- ``growth``: ``bench.growth`` (throughput and idle latency on an empty database and on one
+  pre-loaded with 1,000,000 finished runs and 100,000 consumed events, sizes per run, the
+  events table's bound; SQLite, and PostgreSQL when ``$WORKFLOW_TEST_POSTGRES_URL`` is set);
 - ``peers``: ``bench.peers`` (DBOS beside this engine);
 - ``procs``: ``bench.procs`` (1 and 2 worker processes, 3 and 10 steps, on SQLite, PostgreSQL
   and Kafka + PostgreSQL);
@@ -69,11 +75,13 @@ FSYNCS = 200
 
 # Arguments of each part, full and quick (quick: small enough for a CI smoke run).
 ARGS: dict[str, tuple[list[str], list[str]]] = {
-    "memory": ([], ["--quick"]),
+    "memory": (["--loop", "both"], ["--quick", "--loop", "both"]),
     "memory10": (["--steps", "10", "--runs", "6000"], ["--steps", "10", "--quick"]),
     "sql": ([], ["--quick", "--no-profile", "--runs", "100", "--latency-runs", "20"]),
     "kafka": ([], ["--quick"]),
     "rss": ([], ["--quick"]),
+    "inflight": ([], ["--quick"]),
+    "growth": ([], ["--quick"]),
     "peers": ([], ["--quick"]),
     "procs": ([], ["--quick", "--backends", "postgres"]),
     "awaiters": ([], ["--quick"]),
@@ -244,6 +252,8 @@ PARTS: dict[str, Callable[[list[str]], int]] = {
     "sql": _subprocess("bench.sql"),
     "kafka": _subprocess("bench.run", "--kafka-part"),
     "rss": _subprocess("bench.rss"),
+    "inflight": _subprocess("bench.inflight"),
+    "growth": _subprocess("bench.growth"),
     "peers": _subprocess("bench.peers"),
     "procs": _subprocess("bench.procs"),
     "awaiters": _subprocess("bench.awaiters"),
