@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import itertools
 import json
@@ -72,6 +73,7 @@ FULL_RUNS, QUICK_RUNS = 10_000, 2_000
 WARMUP = 200
 TRIGGER_BATCH = 50
 SAMPLE_EVERY = 0.02
+PROGRESS_EVERY = 15.0  # seconds between progress lines while the runs come in
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -277,20 +279,30 @@ async def measure(backend: str, runs: int) -> Result:
                 await trigger_all(s.wf, "warm-", WARMUP)
                 await asyncio.wait_for(tracker.event.wait(), 120)
                 idle = _rss()
-                print(f"  {backend}: idle RSS {idle:.1f} MiB; triggering {runs:,} runs ...")
+                print(
+                    f"  {backend}: idle RSS {idle:.1f} MiB; triggering {runs:,} runs ...",
+                    flush=True,
+                )
                 with RSSSampler() as sampler:
                     gate.close(runs)
                     tracker.expect("run-", runs)
                     t0 = time.perf_counter()
                     await trigger_all(s.wf, "run-", runs)
                     trigger_s = time.perf_counter() - t0
-                    budget = max(120.0, runs / 20)
-                    try:
-                        await asyncio.wait_for(gate.all_in.wait(), budget)
-                    except TimeoutError:
-                        raise SystemExit(
-                            f"FAILED: only {gate.inside} of {runs} runs reached the gate"
-                        ) from None
+                    budget = max(600.0, runs / 10)
+                    while not gate.all_in.is_set():
+                        if time.perf_counter() - t0 > budget:
+                            raise SystemExit(
+                                f"FAILED: only {gate.inside} of {runs} runs reached the gate"
+                            )
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(gate.all_in.wait(), PROGRESS_EVERY)
+                        if not gate.all_in.is_set():
+                            print(
+                                f"  {backend}: {gate.inside:,} of {runs:,} runs in the first "
+                                f"step after {time.perf_counter() - t0:.0f} s",
+                                flush=True,
+                            )
                     all_in_s = time.perf_counter() - t0
                     all_in = _rss()
                     print(
@@ -442,10 +454,15 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         cmd = [sys.executable, "-m", "bench.inflight", "--child", "--backend", name]
         cmd += ["--runs", str(args.runs)]
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
-        sys.stdout.write(proc.stdout.replace("RESULT ", "  result: ", 1))
-        sys.stderr.write(proc.stderr)
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        line = None
+        with subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True) as proc:
+            assert proc.stdout is not None
+            for out in proc.stdout:  # the child's progress, as it comes
+                if out.startswith("RESULT "):
+                    line = out
+                else:
+                    sys.stdout.write(out)
+                    sys.stdout.flush()
         if proc.returncode != 0 or line is None:
             print(f"FAILED: {name}: exit status {proc.returncode}")
             return 1
