@@ -330,9 +330,9 @@ def loop_text(loop: str) -> str:
     """``default asyncio event loop`` or ``uvloop 0.19.0``, for the reports."""
     if loop == "asyncio":
         return "default asyncio event loop"
-    import uvloop
+    from importlib.metadata import version
 
-    return f"uvloop {uvloop.__version__}"
+    return f"uvloop {version('uvloop')}"
 
 
 def run_on(loop: str, coro: Coroutine[Any, Any, _T]) -> _T:

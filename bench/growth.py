@@ -68,7 +68,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -884,6 +884,22 @@ def comparison_rows(r: BackendResult) -> list[list[str]]:
     ]
 
 
+def kinds_text(r: BackendResult) -> str:
+    """Statements per transition by kind where empty and loaded differ by 0.02 or more."""
+    e = {k: n / r.empty.tp.transitions for k, n in r.empty.tp.kinds}
+    lo = {k: n / r.loaded.tp.transitions for k, n in r.loaded.tp.kinds}
+    diff = [
+        f"`{k}` {e.get(k, 0.0):.2f} → {lo.get(k, 0.0):.2f}"
+        for k in dict.fromkeys([*e, *lo])
+        if abs(lo.get(k, 0.0) - e.get(k, 0.0)) >= 0.02
+    ]
+    return (
+        "Statements per transition that differ (empty → pre-loaded): " + ", ".join(diff) + "."
+        if diff
+        else "Statements per transition by kind: the same on both (within 0.02)."
+    )
+
+
 def _cost(tp: sql.Throughput) -> str:
     return (
         f"{tp.statements / tp.transitions:.2f} statements in "
@@ -1036,6 +1052,8 @@ def backend_markdown(r: BackendResult, mode: str, command: str) -> str:
                 comparison_rows(r),
             ),
             "",
+            kinds_text(r),
+            "",
             f"**Sizes** after the pre-loaded measurement, per run = divided by the rows of "
             f"`{RECORDS}`; measured with {r.size_method}.{files}",
             "",
@@ -1119,6 +1137,7 @@ def print_backend(r: BackendResult) -> None:
         ["metric", "empty", f"{r.preload_runs:,} runs pre-loaded", "ratio", "target"],
         comparison_rows(r),
     )
+    print(kinds_text(r))
     print(f"\nsizes ({r.size_method}):")
     print_table(SIZE_HEADERS, size_rows(r))
     b = events_report(r)
