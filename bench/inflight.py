@@ -1,18 +1,25 @@
 """Memory under load: the resident set size of one worker with 10,000 runs in flight (triggered
 and not finished) beside its idle RSS, on the in-memory adapters and on SQLite.
 
-    python -m bench.inflight [--backend memory|sqlite|both] [--quick] [--runs N]
-                             [--no-write] [--check]
+    python -m bench.inflight [--backend memory|sqlite|both] [--hold inside|queued|both]
+                             [--quick] [--runs N] [--no-write] [--check]
 
-Per backend, in a process of its own (``sys.executable -m bench.inflight --backend X
---child``, so that each one's peak RSS is its own): the 3-step workflow of ``bench.sql``
-(STARTED → A → B → DONE) whose first step waits on an ``asyncio.Event`` (the gate), with step
-concurrency N on that step, so that every run can be inside it at once.
+Per backend and way of holding the runs, in a process of its own (``sys.executable -m
+bench.inflight --child --backend X --hold Y``, so that each one's peak RSS is its own): the
+3-step workflow of ``bench.sql`` (STARTED → A → B → DONE) whose first step waits on an
+``asyncio.Event`` (the gate). Two ways to hold N runs in flight (``--hold``):
+
+- ``inside``: step concurrency N on the first step, so that all N runs are inside the worker
+  at once (each with its loaded record, its step task and its place in the consumer's
+  window): the worker's worst case;
+- ``queued``: step concurrency ``QUEUED_CONCURRENCY`` (16): that many runs wait inside the
+  step, the others wait as events in the streamer (in the process with ``MemStreamer``, in
+  the database with ``SQLStreamer``), as behind a slow step.
 
 1. start the workflow, warm up (``WARMUP`` runs through all 3 steps, the gate open), collect
    garbage; **idle RSS** = ``VmRSS`` now;
 2. close the gate and trigger N runs (``TRIGGER_BATCH`` concurrent triggers at a time); wait
-   until all N runs are inside the first step: N runs in flight. RSS then;
+   until all N runs (``queued``: 16) are inside the first step: N runs in flight. RSS then;
 3. open the gate and wait until every run's COMPLETED write is stored; then every run is
    checked in the store (COMPLETED at DONE, version 4, object mutated 3 times — the script
    fails otherwise); collect garbage; RSS after.
@@ -73,6 +80,8 @@ FULL_RUNS, QUICK_RUNS = 10_000, 2_000
 WARMUP = 200
 TRIGGER_BATCH = 50
 SAMPLE_EVERY = 0.02
+QUEUED_CONCURRENCY = 16
+HOLDS = ("inside", "queued")
 PROGRESS_EVERY = 15.0  # seconds between progress lines while the runs come in
 REPO = Path(__file__).resolve().parent.parent
 
@@ -122,7 +131,7 @@ class Setup:
 
 
 def build(
-    backend: str, runs: int, gate: Gate, tracker: sql.Tracker, directory: Path | None
+    backend: str, concurrency: int, gate: Gate, tracker: sql.Tracker, directory: Path | None
 ) -> Setup:
     b: Builder[sql.Obj, sql.Status] = Builder("bench inflight", sql.Obj, sql.Status)
     chain = [sql.Status.STARTED, sql.Status.A, sql.Status.B, sql.Status.DONE]
@@ -139,7 +148,7 @@ def build(
             run.object.last = nxt.name
             return nxt
 
-        b.add_step(cur, step, nxt).with_options(concurrency=runs if first else 16)
+        b.add_step(cur, step, nxt).with_options(concurrency=concurrency if first else 16)
     if backend == "memory":
         store = TimedMemStore(tracker)
         wf = b.build(MemStreamer(), store, MemRoleScheduler(), metrics_registry=CollectorRegistry())
@@ -232,6 +241,8 @@ class RSSSampler:
 @dataclass
 class Result:
     backend: str
+    hold: str
+    step_concurrency: int
     describe: str
     runs: int
     idle_mib: float
@@ -259,7 +270,7 @@ def _rss() -> float:
     return rss
 
 
-async def measure(backend: str, runs: int) -> Result:
+async def measure(backend: str, hold: str, runs: int) -> Result:
     wall0, load_before = time.perf_counter(), load_average()
     directory = Path(tempfile.mkdtemp(prefix="bench-inflight-")) if backend == "sqlite" else None
     if directory is not None:
@@ -270,7 +281,8 @@ async def measure(backend: str, runs: int) -> Result:
         await engine.dispose()
     try:
         gate, tracker = Gate(), sql.Tracker()
-        s = build(backend, runs, gate, tracker, directory)
+        concurrency = runs if hold == "inside" else min(runs, QUEUED_CONCURRENCY)
+        s = build(backend, concurrency, gate, tracker, directory)
         try:
             async with s.wf:
                 gate.open.set()
@@ -284,30 +296,32 @@ async def measure(backend: str, runs: int) -> Result:
                     flush=True,
                 )
                 with RSSSampler() as sampler:
-                    gate.close(runs)
+                    gate.close(concurrency)
                     tracker.expect("run-", runs)
                     t0 = time.perf_counter()
                     await trigger_all(s.wf, "run-", runs)
                     trigger_s = time.perf_counter() - t0
-                    budget = max(600.0, runs / 10)
+                    budget = max(1800.0, runs / 5)
                     while not gate.all_in.is_set():
                         if time.perf_counter() - t0 > budget:
                             raise SystemExit(
-                                f"FAILED: only {gate.inside} of {runs} runs reached the gate"
+                                f"FAILED: only {gate.inside} of {concurrency} runs reached the "
+                                f"gate in {budget:.0f} s"
                             )
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(gate.all_in.wait(), PROGRESS_EVERY)
                         if not gate.all_in.is_set():
                             print(
-                                f"  {backend}: {gate.inside:,} of {runs:,} runs in the first "
-                                f"step after {time.perf_counter() - t0:.0f} s",
+                                f"  {backend}: {gate.inside:,} of {concurrency:,} runs in the "
+                                f"first step after {time.perf_counter() - t0:.0f} s",
                                 flush=True,
                             )
                     all_in_s = time.perf_counter() - t0
                     all_in = _rss()
                     print(
-                        f"  {backend}: {gate.inside:,} runs in flight after {all_in_s:.1f} s: "
-                        f"RSS {all_in:.1f} MiB; opening the gate ...",
+                        f"  {backend}: {runs:,} runs in flight ({gate.inside:,} inside the "
+                        f"first step) after {all_in_s:.1f} s: RSS {all_in:.1f} MiB; opening "
+                        "the gate ...",
                         flush=True,
                     )
                     t1 = time.perf_counter()
@@ -328,6 +342,8 @@ async def measure(backend: str, runs: int) -> Result:
             shutil.rmtree(directory, ignore_errors=True)
     return Result(
         backend=backend,
+        hold=hold,
+        step_concurrency=concurrency,
         describe=s.describe,
         runs=runs,
         idle_mib=idle,
@@ -353,13 +369,18 @@ async def trigger_all(wf: Workflow[sql.Obj, sql.Status], prefix: str, n: int) ->
 # -- report ----------------------------------------------------------------------------
 
 
+def label(r: Result) -> str:
+    how = "all inside" if r.hold == "inside" else f"{r.step_concurrency} inside, rest queued"
+    return f"{r.backend}, {how}"
+
+
 def rows(results: list[Result]) -> list[list[str]]:
     out = []
     for r in results:
         ok = r.ratio <= TARGET_RATIO
         out.append(
             [
-                r.backend,
+                label(r),
                 f"{r.idle_mib:.1f} MiB",
                 f"{r.all_in_mib:.1f} MiB",
                 f"{r.peak_mib:.1f} MiB ({r.samples:,} samples)",
@@ -373,7 +394,7 @@ def rows(results: list[Result]) -> list[list[str]]:
 
 
 HEADERS = [
-    "adapters",
+    "worker (adapters, runs held)",
     "idle RSS",
     "N runs in flight",
     "peak under load",
@@ -384,12 +405,30 @@ HEADERS = [
 ]
 
 
-def markdown(results: list[Result], mode: str) -> str:
-    timing = "; ".join(
-        f"{r.backend}: {r.runs:,} runs triggered in {r.trigger_s:.1f} s, all in the first "
-        f"step after {r.all_in_s:.1f} s, drained in {r.drain_s:.1f} s ({r.wall_s:.0f} s in all)"
+def timing_rows(results: list[Result]) -> list[list[str]]:
+    return [
+        [
+            label(r),
+            f"{r.trigger_s:.1f} s",
+            f"{r.all_in_s:.1f} s",
+            f"{r.drain_s:.1f} s",
+            f"{r.wall_s:.0f} s",
+        ]
         for r in results
-    )
+    ]
+
+
+TIMING_HEADERS = [
+    "worker",
+    "N triggers",
+    "until all in flight (held runs inside the step)",
+    "gate open → all completed",
+    "whole process",
+]
+
+
+def markdown(results: list[Result], mode: str) -> str:
+    describe = dict.fromkeys(f"{r.backend}: {r.describe}" for r in results)
     return "\n".join(
         [
             f"Measured {utc_now()} ({mode} mode) with `{command_line('bench.inflight')}`; load "
@@ -397,22 +436,27 @@ def markdown(results: list[Result], mode: str) -> str:
             "",
             machine_facts_markdown(),
             "",
+            f"N = {results[0].runs:,} runs in flight.",
+            "",
             markdown_table(HEADERS, rows(results)),
             "",
-            f"N = {results[0].runs:,}. {timing}.",
+            markdown_table(TIMING_HEADERS, timing_rows(results)),
             "",
-            "One worker process per adapter set (its own interpreter), the 3-step workflow of "
-            "the SQL section whose first step waits on an `asyncio.Event` with step "
-            "concurrency N, so that all N runs are inside the worker at once. *Idle RSS*: "
-            f"`VmRSS` after start and {WARMUP + 20} warm-up runs, garbage collected, before "
-            "the load. Then the gate closes and N runs are triggered "
-            f"({TRIGGER_BATCH} concurrent triggers at a time); *N runs in flight*: `VmRSS` "
-            "once every run is inside the first step. Then the gate opens and every run "
+            "One worker process per line (its own interpreter), the 3-step workflow of the SQL "
+            "section whose first step waits on an `asyncio.Event` (the gate). *All inside*: "
+            "step concurrency N on that step, so that every run is inside the worker at once "
+            "(its record loaded, its step task waiting, its place in the consumer's window); "
+            f"*{QUEUED_CONCURRENCY} inside, rest queued*: step concurrency {QUEUED_CONCURRENCY}, "
+            "the other runs wait as events in the streamer, as behind a slow step. *Idle RSS*: "
+            f"`VmRSS` after start and {WARMUP + 20} warm-up runs, garbage collected, before the "
+            f"load. Then the gate closes and N runs are triggered ({TRIGGER_BATCH} concurrent "
+            "triggers at a time); *N runs in flight*: `VmRSS` once every trigger returned and "
+            "the held runs are inside the first step. Then the gate opens and every run "
             "completes (checked in the store afterwards: COMPLETED at DONE, version 4). *Peak "
             f"under load*: the largest `VmRSS` sampled every {SAMPLE_EVERY * 1000:.0f} ms by a "
             "thread from the first trigger to the last completion; `ru_maxrss` is the "
             "process's peak since it started. Target (issue 14): peak ≤ 2x idle. Adapters: "
-            + "; ".join(f"{r.backend}: {r.describe}" for r in results)
+            + "; ".join(describe)
             + ". The memory adapters keep every run and its history in the process (the "
             "store is in the RSS); on SQLite the runs are in the file.",
         ]
@@ -428,6 +472,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Peak RSS of a worker with N runs in flight beside its idle RSS.",
     )
     p.add_argument("--backend", choices=("memory", "sqlite", "both"), default="both")
+    p.add_argument(
+        "--hold",
+        choices=(*HOLDS, "both"),
+        default="both",
+        help="inside: all runs inside the first step at once; queued: 16 inside, the rest "
+        "waiting in the streamer (default both)",
+    )
     p.add_argument("--quick", action="store_true", help=f"{QUICK_RUNS:,} runs in flight")
     p.add_argument("--runs", type=int, help=f"runs in flight (default {FULL_RUNS:,})")
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md")
@@ -439,21 +490,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.runs = QUICK_RUNS if args.quick else FULL_RUNS
     if args.runs < 1:
         p.error("--runs must be at least 1")
+    if args.child and "both" in (args.backend, args.hold):
+        p.error("--child measures one backend and one way of holding the runs")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:  # one backend, in this process: print the result as JSON
-        r = asyncio.run(measure(args.backend, args.runs))
+        r = asyncio.run(measure(args.backend, args.hold, args.runs))
         print("RESULT " + json.dumps(asdict(r)), flush=True)
         return 0
     names = ["memory", "sqlite"] if args.backend == "both" else [args.backend]
-    print(f"bench.inflight ({args.mode}): {args.runs:,} runs in flight on {', '.join(names)}")
+    holds = list(HOLDS) if args.hold == "both" else [args.hold]
+    print(
+        f"bench.inflight ({args.mode}): {args.runs:,} runs in flight on {', '.join(names)}, "
+        f"held {' and '.join(holds)}"
+    )
     results: list[Result] = []
-    for name in names:
+    for name, hold in itertools.product(names, holds):
+        print(f"{name}, held {hold}:", flush=True)
         cmd = [sys.executable, "-m", "bench.inflight", "--child", "--backend", name]
-        cmd += ["--runs", str(args.runs)]
+        cmd += ["--hold", hold, "--runs", str(args.runs)]
         line = None
         with subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True) as proc:
             assert proc.stdout is not None
@@ -464,11 +522,13 @@ def main(argv: list[str] | None = None) -> int:
                     sys.stdout.write(out)
                     sys.stdout.flush()
         if proc.returncode != 0 or line is None:
-            print(f"FAILED: {name}: exit status {proc.returncode}")
+            print(f"FAILED: {name}, held {hold}: exit status {proc.returncode}")
             return 1
         results.append(Result(**json.loads(line[len("RESULT ") :])))
     print()
     print_table(HEADERS, rows(results))
+    print()
+    print_table(TIMING_HEADERS, timing_rows(results))
     if not args.no_write:
         path = write_section(SECTION, markdown(results, args.mode))
         print(f"wrote the {SECTION!r} section of {path}")
