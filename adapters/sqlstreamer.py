@@ -29,7 +29,8 @@ redelivered, and after ``close()`` a new receiver resumes right after the last a
 The cursor only ever holds acked positions and never moves backwards.
 
 **Pruning.** Once every cursor of a topic has passed an event it is deleted: each sender prunes
-its topic every ``prune_every`` events and :meth:`SQLStreamer.prune` prunes every topic. A
+its topic every ``prune_every`` events (in the background, :data:`PRUNE_CHUNK` rows per
+transaction) and :meth:`SQLStreamer.prune` prunes every topic. A
 topic nobody has a cursor on is never pruned, and the newest row of the table is always kept
 (SQLite would otherwise hand out a deleted id again). A receiver name created after a prune
 starts at the oldest event left.
@@ -80,6 +81,9 @@ _throttled = Throttle(log)
 IDLE_FLUSH = 0.01
 """Seconds a receiver with an unwritten ack waits for new events before it writes its cursor
 (it then waits on as usual): a busy topic's short pauses do not each cost a cursor write."""
+
+PRUNE_CHUNK = 5000
+"""Most events one pruning transaction deletes (a sender's prune repeats until done)."""
 
 DEFAULT_CHANNEL = "workflow_events"
 """The PostgreSQL NOTIFY channel; the payload is the topic."""
@@ -145,6 +149,7 @@ class SQLStreamer:
         self._pg = self._db.postgres
         self._hub = _hub_for(engine)
         self._sent: dict[str, int] = {}
+        self._pruning: dict[str, asyncio.Future[None]] = {}
         self._receivers: weakref.WeakSet[SQLReceiver] = weakref.WeakSet()
         self._closed = False
         # PostgreSQL LISTEN connection, opened by the first receiver that waits.
@@ -208,6 +213,8 @@ class SQLStreamer:
             for receiver in list(self._receivers):
                 await receiver.close()
         finally:
+            if self._pruning:  # each ends after its current chunk
+                await asyncio.wait(list(self._pruning.values()))
             if self._opening is not None:
                 await asyncio.wait((self._opening,))
             conn, driver = self._listener, self._driver
@@ -281,25 +288,43 @@ class SQLStreamer:
     async def _count_sent(self, topic: str, count: int) -> None:
         sent = self._sent.get(topic, 0) + count
         self._sent[topic] = 0 if sent >= self._prune_every else sent
-        if sent >= self._prune_every:
-            try:
-                await self._prune(topic)
-            except Exception as err:  # the events are stored; retried after more sends
-                _throttled.warning(f"prune {topic}", "pruning topic %r failed: %r", topic, err)
+        if sent >= self._prune_every and topic not in self._pruning:
+            # In the background: the write that counted the send does not wait for it.
+            task = asyncio.ensure_future(self._prune_topic(topic))
+            self._pruning[topic] = task
+            task.add_done_callback(lambda _t: self._pruning.pop(topic, None))
 
-    async def _prune(self, topic: str | None) -> int:
+    async def _prune_topic(self, topic: str) -> None:
+        """Delete what every cursor of ``topic`` has passed, ``PRUNE_CHUNK`` rows per
+        transaction: a large backlog (a cursor that caught up) never holds SQLite's write
+        lock for long."""
+        try:
+            while not self._closed:
+                if await self._prune(topic, PRUNE_CHUNK) < PRUNE_CHUNK:
+                    return
+        except Exception as err:  # the events are stored; retried after more sends
+            _throttled.warning(f"prune {topic}", "pruning topic %r failed: %r", topic, err)
+
+    async def _prune(self, topic: str | None, limit: int | None = None) -> int:
+        """Delete the events of ``topic`` (every topic: None) that every cursor of their topic
+        has passed, never the newest row of the table (SQLite would hand its id out again);
+        with ``limit`` (a topic's), only the oldest ``limit`` of them. How many."""
         newest = events.alias("newest")
         passed = sa.select(sa.func.min(cursors.c.position))
         if topic is None:
             passed = passed.where(cursors.c.topic == events.c.topic)
         else:
             passed = passed.where(cursors.c.topic == topic)
-        stmt = sa.delete(events).where(
+        done = [
             events.c.id <= passed.scalar_subquery(),
             events.c.id < sa.select(sa.func.max(newest.c.id)).scalar_subquery(),
-        )
+        ]
         if topic is not None:
-            stmt = stmt.where(events.c.topic == topic)
+            done.append(events.c.topic == topic)
+        stmt = sa.delete(events).where(*done)
+        if topic is not None and limit is not None:
+            oldest = sa.select(events.c.id).where(*done).order_by(events.c.id).limit(limit)
+            stmt = sa.delete(events).where(events.c.id.in_(oldest.scalar_subquery()))
         async with self._engine.begin() as conn:
             result = await conn.execute(stmt)
         return int(result.rowcount)

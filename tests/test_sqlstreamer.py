@@ -399,9 +399,44 @@ async def test_senders_prune_their_topic(sql_engine: AsyncEngine, make: Make) ->
     receiver = await streamer.new_receiver(topic, "r")
     await take(receiver, 2)
     assert len(await stored_ids(sql_engine, topic)) == 2
-    await send(streamer, topic, "e3", "e4")  # the 4th send prunes
-    assert len(await stored_ids(sql_engine, topic)) == 2
+    await send(streamer, topic, "e3", "e4")  # the 4th send prunes, in the background
+
+    async def pruned() -> bool:
+        return len(await stored_ids(sql_engine, topic)) == 2
+
+    await until(pruned, "the sender's prune of e1 and e2")
     assert [e.foreign_id for e in await take(receiver, 2)] == ["e3", "e4"]
+
+
+async def test_a_large_backlog_is_pruned_in_chunks(
+    sql_engine: AsyncEngine, make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sender's prune deletes a backlog a few rows per transaction (here 3), in the
+    background, until everything every cursor passed is gone; the sends do not wait for it."""
+    monkeypatch.setattr(sqlstreamer, "PRUNE_CHUNK", 3)
+    streamer = make(sql_engine, ack_interval=0, prune_every=10**9)
+    topic = new_topic()
+    receiver = await streamer.new_receiver(topic, "r")
+    await send(streamer, topic, *(f"e{i}" for i in range(11)))
+    await take(receiver, 11)
+    streamer._prune_every = 1  # the next send prunes
+    deletes: list[int] = []
+    real = streamer._prune
+
+    async def counted(topic: str | None, limit: int | None = None) -> int:
+        n = await real(topic, limit)
+        deletes.append(n)
+        return n
+
+    monkeypatch.setattr(streamer, "_prune", counted)
+    await send(streamer, topic, "e11")
+
+    async def pruned() -> bool:
+        return len(await stored_ids(sql_engine, topic)) == 1
+
+    await until(pruned, "the backlog pruned")
+    assert deletes[:4] == [3, 3, 3, 2]  # e0..e10 acked; e11 (the newest row) stays
+    assert [e.foreign_id for e in await take(receiver, 1)] == ["e11"]
 
 
 # -- gap safety (PostgreSQL) -----------------------------------------------------------------
