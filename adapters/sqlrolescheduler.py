@@ -40,7 +40,11 @@ database clock moves every lease's expiry; run NTP in slew mode) and the holder 
 holder past that point are still refused by the store's compare-and-set on the run's
 version, so a late holder can repeat a step's side effect but never store a stale transition.
 
-No statement of the scheduler waits for ever on a database that does not answer: a grant
+Each lease statement commits by itself (autocommit on PostgreSQL): a holder cut off between
+its renewal's ``UPDATE`` and its ``COMMIT`` would otherwise leave a transaction open on the
+server that locks the row, and nobody could take the role over until the partition healed
+(found by the cluster tests, docs/network-faults.md). No statement of the scheduler waits for
+ever on a database that does not answer: a grant
 attempt and a release give up after ``lease`` (the row has expired by then anyway), a renewal
 after ``lease / 3`` (and is tried again while the countdown lasts). So a host cut off from the
 database revokes its leases on time and stops (``close()``) within about a lease.
@@ -82,14 +86,14 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from workflow import Lease
 from workflow.abc import as_timedelta
@@ -258,6 +262,21 @@ class SQLRoleScheduler:
 
     # -- SQL ----------------------------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def _statement(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for one lease statement that commits by itself. On PostgreSQL it
+        runs in autocommit: its row lock ends with the statement, whereas in ``BEGIN ...
+        COMMIT`` a holder cut off after its renewal's ``UPDATE`` reached the server (the
+        ``COMMIT`` lost) would leave a transaction open that holds the row, and every
+        other host's grant would wait on that lock until the partition healed or the
+        server dropped the connection. (SQLite: one statement in ``BEGIN IMMEDIATE``.)"""
+        if not self._db.postgres:
+            async with self._engine.begin() as conn:
+                yield conn
+            return
+        async with self._engine.connect() as conn:
+            yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+
     def _expiry_sql(self) -> sa.ColumnElement[Any]:
         return self._db.clock(self._lease)
 
@@ -277,7 +296,7 @@ class SQLRoleScheduler:
             },
             where=leases.c.expires_at < self._db.clock(None),
         ).returning(leases.c.token)
-        async with self._engine.begin() as conn:
+        async with self._statement() as conn:
             got = (await conn.execute(upsert)).scalar_one_or_none()
         return got is not None and int(got) == token
 
@@ -288,12 +307,12 @@ class SQLRoleScheduler:
             .where(leases.c.role == role, leases.c.token == token)
             .values(expires_at=self._expiry_sql())
         )
-        async with self._engine.begin() as conn:
+        async with self._statement() as conn:
             return (await conn.execute(stmt)).rowcount == 1
 
     async def _delete(self, role: str, token: int) -> None:
         stmt = sa.delete(leases).where(leases.c.role == role, leases.c.token == token)
-        async with self._engine.begin() as conn:
+        async with self._statement() as conn:
             await conn.execute(stmt)
 
     # -- grants ---------------------------------------------------------------------------
