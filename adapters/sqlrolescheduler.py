@@ -12,15 +12,42 @@ writes a fresh random token, so a holder's later renewal or release (``WHERE rol
 token``) can never touch the next holder's row.
 
 **Whose clock.** Lease expiry is the one place where the *database's* clock is used (``clock``
-of :mod:`adapters._postgres` / :mod:`adapters._sqlite`): hosts sharing a PostgreSQL server may
-have skewed clocks, but they all see the same database clock, so "expired" means the same
+of :mod:`adapters._postgres` / :mod:`adapters._sqlite`, ``clock_timestamp()`` on PostgreSQL:
+the time the statement runs, not its transaction's start): hosts sharing a PostgreSQL server
+may have skewed clocks, but they all see the same database clock, so "expired" means the same
 thing to everyone. (Stored record, timeout and event times use the engine's clock instead,
 SPEC §9.14.) On SQLite the expression is written in the text form every stored time has
-(``YYYY-MM-DD HH:MM:SS.ffffff``, UTC), so the text comparisons order correctly. The holder
-itself counts the lease down on its *local* monotonic clock from the moment it *sent* the
-grant or renewal, which is never later than the database's stamp: it gives the role up
-(revokes the lease) no later than anyone else may take it over, assuming clocks tick at the
-same rate.
+(``YYYY-MM-DD HH:MM:SS.ffffff``, UTC), so the text comparisons order correctly.
+
+**Lease safety.** The holder counts its lease down on its *local* monotonic clock from the
+moment it *sent* the grant or renewal, which is never later than the database's stamp: if no
+renewal succeeds, it revokes the lease (its ``wait_lost`` ends, the engine cancels its work)
+``safety_margin`` (default ``lease / 5``) *before* the row it last wrote expires, i.e. before
+any other host can be granted the role. Nobody can take the role over earlier than the
+expiry; a waiter polls, so it takes it within ``poll_interval`` after it (plus a round trip).
+So, with renewals failing from time F on (the last successful renewal was sent at S ≤ F):
+
+* the holder works until at most ``S + lease - safety_margin`` (≤ ``F + lease - margin``);
+* another host holds the role at the earliest at ``S' + lease`` where S' ≥ S is when the
+  database stamped that renewal.
+
+The margin absorbs what the countdown cannot see: the holder's event loop running the
+watchdog late (a busy loop or a stalled machine), the engine's cancellation of the holder's
+work after the revocation, and the two clocks ticking at different rates over one lease
+(NTP slews a clock by at most 0.05 %). Assumed: no clock *jumps* on the database (a stepped
+database clock moves every lease's expiry; run NTP in slew mode) and the holder is not frozen
+(SIGSTOP, a VM pause) for longer than the margin at the moment its lease runs out; writes of a
+holder past that point are still refused by the store's compare-and-set on the run's
+version, so a late holder can repeat a step's side effect but never store a stale transition.
+
+Each lease statement commits by itself (autocommit on PostgreSQL): a holder cut off between
+its renewal's ``UPDATE`` and its ``COMMIT`` would otherwise leave a transaction open on the
+server that locks the row, and nobody could take the role over until the partition healed
+(found by the cluster tests, docs/network-faults.md). No statement of the scheduler waits for
+ever on a database that does not answer: a grant
+attempt and a release give up after ``lease`` (the row has expired by then anyway), a renewal
+after ``lease / 3`` (and is tried again while the countdown lasts). So a host cut off from the
+database revokes its leases on time and stops (``close()``) within about a lease.
 
 **While held.** A background task renews the lease every ``lease / 3``
 (``UPDATE ... WHERE role AND token``). If the row is no longer ours (taken over or deleted),
@@ -59,14 +86,14 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from workflow import Lease
 from workflow.abc import as_timedelta
@@ -130,7 +157,9 @@ class SQLRoleScheduler:
 
     ``lease`` (a ``timedelta`` or seconds) is how long a grant or renewal holds the role;
     the holder renews every ``lease / 3``, so a crashed holder's roles pass to a waiter
-    within two lease periods. ``holder`` names this scheduler in the table (default
+    within two lease periods. ``safety_margin`` (default ``lease / 5``, less than two thirds
+    of the lease) is how long before the row's expiry a holder whose renewals fail revokes
+    its lease. ``holder`` names this scheduler in the table (default
     ``"{hostname}:{pid}:{random}"``). ``poll_interval`` is how often a waiter retries when no
     release in this process wakes it (default ``min(lease / 4, 1 s)``).
     """
@@ -142,6 +171,7 @@ class SQLRoleScheduler:
         *,
         holder: str | None = None,
         poll_interval: timedelta | float | None = None,
+        safety_margin: timedelta | float | None = None,
     ) -> None:
         self._engine = prepare(engine)
         self._db = shared(engine)
@@ -158,6 +188,13 @@ class SQLRoleScheduler:
             raise ValueError(f"poll_interval must be positive, got {poll_interval!r}")
         self._poll_s = poll.total_seconds()
         self._renew_s = self._lease_s / 3
+        margin = self._lease / 5 if safety_margin is None else as_timedelta(safety_margin)
+        if not timedelta(0) <= margin < self._lease * 2 / 3:
+            raise ValueError(
+                f"safety_margin must be at least 0 and less than two thirds of the lease, "
+                f"got {safety_margin!r}"
+            )
+        self._valid_s = self._lease_s - margin.total_seconds()
         self._holder = holder if holder is not None else _default_holder()
         if not 0 < len(self._holder) <= 128:
             raise ValueError("holder must be 1 to 128 characters long")
@@ -175,6 +212,11 @@ class SQLRoleScheduler:
     @property
     def lease(self) -> timedelta:
         return self._lease
+
+    @property
+    def safety_margin(self) -> timedelta:
+        """How long before its row expires a holder that cannot renew revokes its lease."""
+        return timedelta(seconds=self._lease_s - self._valid_s)
 
     # -- the protocol ---------------------------------------------------------------------
 
@@ -220,6 +262,21 @@ class SQLRoleScheduler:
 
     # -- SQL ----------------------------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def _statement(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for one lease statement that commits by itself. On PostgreSQL it
+        runs in autocommit: its row lock ends with the statement, whereas in ``BEGIN ...
+        COMMIT`` a holder cut off after its renewal's ``UPDATE`` reached the server (the
+        ``COMMIT`` lost) would leave a transaction open that holds the row, and every
+        other host's grant would wait on that lock until the partition healed or the
+        server dropped the connection. (SQLite: one statement in ``BEGIN IMMEDIATE``.)"""
+        if not self._db.postgres:
+            async with self._engine.begin() as conn:
+                yield conn
+            return
+        async with self._engine.connect() as conn:
+            yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+
     def _expiry_sql(self) -> sa.ColumnElement[Any]:
         return self._db.clock(self._lease)
 
@@ -239,7 +296,7 @@ class SQLRoleScheduler:
             },
             where=leases.c.expires_at < self._db.clock(None),
         ).returning(leases.c.token)
-        async with self._engine.begin() as conn:
+        async with self._statement() as conn:
             got = (await conn.execute(upsert)).scalar_one_or_none()
         return got is not None and int(got) == token
 
@@ -250,12 +307,12 @@ class SQLRoleScheduler:
             .where(leases.c.role == role, leases.c.token == token)
             .values(expires_at=self._expiry_sql())
         )
-        async with self._engine.begin() as conn:
+        async with self._statement() as conn:
             return (await conn.execute(stmt)).rowcount == 1
 
     async def _delete(self, role: str, token: int) -> None:
         stmt = sa.delete(leases).where(leases.c.role == role, leases.c.token == token)
-        async with self._engine.begin() as conn:
+        async with self._statement() as conn:
             await conn.execute(stmt)
 
     # -- grants ---------------------------------------------------------------------------
@@ -265,7 +322,7 @@ class SQLRoleScheduler:
         token = secrets.randbits(63)
         started = asyncio.get_running_loop().time()
         try:
-            granted = await self._acquire(role, token)
+            granted = await asyncio.wait_for(self._acquire(role, token), self._lease_s)
         except Exception as err:
             if _not_sent(err):
                 if not isinstance(err, SQLSetupError):
@@ -279,7 +336,7 @@ class SQLRoleScheduler:
         if self._closed:
             await self._forget(role, token)
             return None
-        return self._hold(role, token, started + self._lease_s)
+        return self._hold(role, token, started + self._valid_s)
 
     async def _undo(self, attempt: asyncio.Task[_Held | None]) -> None:
         """``await_role`` was cancelled: before the cancellation goes on, wait for its grant
@@ -305,9 +362,10 @@ class SQLRoleScheduler:
             self._spawn(held.lease.release())
 
     async def _forget(self, role: str, token: int) -> None:
-        """Delete a row we may hold but do not track (best effort: it expires anyway)."""
+        """Delete a row we may hold but do not track (best effort: it expires anyway, so this
+        gives up after a lease)."""
         try:
-            await self._delete(role, token)
+            await asyncio.wait_for(self._delete(role, token), self._lease_s)
         except Exception as err:
             _throttled.warning(
                 f"delete {self._url}", "could not delete lease row of role %r: %r", role, err
@@ -319,7 +377,7 @@ class SQLRoleScheduler:
         held.lease = Lease(role, functools.partial(self._release, held))
         loop = asyncio.get_running_loop()
         # renew lease / 3 after the grant was *sent* (it may have waited for a lock)
-        first = max(0.0, valid_until - self._lease_s + self._renew_s - loop.time())
+        first = max(0.0, valid_until - self._valid_s + self._renew_s - loop.time())
         held.renewer = asyncio.create_task(self._keep(held, first), name=f"lease:{role}")
         held.watchdog = loop.call_at(valid_until, self._ran_out, held)
         self._held[token] = held
@@ -335,7 +393,7 @@ class SQLRoleScheduler:
             await asyncio.sleep(delay)
             started = loop.time()
             try:
-                ours = await self._extend(held.role, held.token)
+                ours = await asyncio.wait_for(self._extend(held.role, held.token), self._renew_s)
             except Exception as err:
                 _throttled.warning(
                     f"renew {self._url}", "renewing the lease of role %r failed: %r", held.role, err
@@ -346,7 +404,7 @@ class SQLRoleScheduler:
                 _log.warning("the lease of role %r was taken over: revoking it", held.role)
                 self._lose(held)
                 return
-            held.valid_until = started + self._lease_s
+            held.valid_until = started + self._valid_s
             if held.watchdog is not None:
                 held.watchdog.cancel()
             held.watchdog = loop.call_at(held.valid_until, self._ran_out, held)

@@ -11,6 +11,7 @@ are measured in bench/. Real-time bounds below only keep a broken build from han
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
@@ -357,3 +358,87 @@ async def test_a_workflow_runs_on_it_and_releases_its_roles_on_stop(
         await require(wf, "fid", Status.DONE, Obj(count=1))
         assert await lease_rows(sql_engine) > 0
     assert await lease_rows(sql_engine) == 0
+
+
+# -- lease safety under network faults (docs/network-faults.md) --------------------------------
+
+
+async def expires_at(engine: AsyncEngine, role: str) -> float:
+    """The row's expiry on the database's clock, as a POSIX time (this machine's clock)."""
+    async with engine.connect() as conn:
+        when = (
+            await conn.execute(sa.select(leases.c.expires_at).where(leases.c.role == role))
+        ).scalar_one()
+    return float(when.timestamp())
+
+
+async def test_a_holder_that_cannot_renew_revokes_itself_a_margin_before_the_row_expires(
+    sql_engine: AsyncEngine, make: Make
+) -> None:
+    """A holder cut off from the database (its renewals hang) ends its ``wait_lost``
+    ``safety_margin`` before anyone else can be granted the role (the row's expiry on the
+    database's clock), not at the same instant: the margin is what the engine has to cancel
+    the holder's work, and what a late event loop or a drifting clock may eat."""
+    lease_s = 1.0
+    scheduler = make(sql_engine, lease_s)
+    assert scheduler.safety_margin == timedelta(seconds=lease_s / 5)  # the default
+    lease = await scheduler.await_role("r")
+    await scheduler.until(lambda: scheduler.renewals >= 1)
+    scheduler.frozen = True  # every later renewal hangs: a partition
+    await asyncio.wait_for(lease.wait_lost(), HANG)
+    revoked = time.time()  # one machine: the database's clock is this clock
+    ahead = await expires_at(sql_engine, "r") - revoked
+    # the margin, less what this (possibly busy) machine's loop ran late
+    assert ahead >= lease_s / 5 / 2, f"revoked only {ahead:.3f}s before the row expired"
+    await lease.release()
+
+
+def test_the_safety_margin_must_leave_time_to_renew(sqlite_engine: AsyncEngine) -> None:
+    for bad in (-0.1, 2.0, 3.0):
+        with pytest.raises(ValueError, match="safety_margin"):
+            SQLRoleScheduler(sqlite_engine, 3.0, safety_margin=bad)
+    assert SQLRoleScheduler(sqlite_engine, 3.0, safety_margin=0).safety_margin == timedelta(0)
+
+
+class Unreachable(Watched):
+    """Every statement of the chosen kinds hangs: a database that stopped answering."""
+
+    hang: frozenset[str] = frozenset()
+
+    async def _acquire(self, role: str, token: int) -> bool:
+        if "grant" in self.hang:
+            await asyncio.get_running_loop().create_future()
+        return await super()._acquire(role, token)
+
+    async def _delete(self, role: str, token: int) -> None:
+        if "delete" in self.hang:
+            await asyncio.get_running_loop().create_future()
+        await super()._delete(role, token)
+
+
+async def test_release_and_close_give_up_on_a_database_that_does_not_answer(
+    sql_engine: AsyncEngine, make: Make
+) -> None:
+    """A host stopping while cut off from the database (a partition during ``stop()``):
+    releasing its lease gives up after a lease (the row has run out by then and its
+    countdown ended before), so ``close()`` returns instead of waiting for the network."""
+    scheduler = make.track(Unreachable(sql_engine, LEASE))
+    lease = await scheduler.await_role("r")
+    scheduler.hang = frozenset({"delete"})
+    async with asyncio.timeout(HANG):
+        await lease.release()
+        await scheduler.close()
+    assert lease.lost
+
+
+async def test_a_grant_attempt_that_gets_no_answer_fails_after_a_lease(
+    sql_engine: AsyncEngine, make: Make
+) -> None:
+    """``await_role`` on a database that does not answer raises (the engine retries it after
+    its back-off) instead of hanging, so a stopping process is not held up by it."""
+    scheduler = make.track(Unreachable(sql_engine, LEASE))
+    scheduler.hang = frozenset({"grant"})
+    async with asyncio.timeout(HANG):
+        with pytest.raises(TimeoutError):
+            await scheduler.await_role("r")
+        await scheduler.close()
