@@ -122,7 +122,8 @@ class SQLStreamer:
     ``clock`` stamps ``Event.created_at`` and cursor updates; ``poll_frequency`` is the
     fallback polling interval of receivers that are not given one; ``batch_size`` rows are
     read per query; acks are written at most every ``ack_interval`` seconds; a sender prunes
-    its topic every ``prune_every`` events; ``channel`` is the PostgreSQL NOTIFY channel.
+    its topic every ``prune_every`` events; ``channel`` is the PostgreSQL NOTIFY channel;
+    ``close()`` gives up after ``close_timeout`` seconds on a database that does not answer.
     """
 
     def __init__(
@@ -135,6 +136,7 @@ class SQLStreamer:
         ack_interval: float = 0.05,
         prune_every: int = 1000,
         channel: str = DEFAULT_CHANNEL,
+        close_timeout: float = 5.0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -145,6 +147,7 @@ class SQLStreamer:
         self._ack_interval = ack_interval
         self._prune_every = prune_every
         self._channel = channel
+        self._close_timeout = close_timeout
         self._db = shared(engine)
         self._pg = self._db.postgres
         self._hub = _hub_for(engine)
@@ -207,25 +210,46 @@ class SQLStreamer:
 
     async def close(self) -> None:
         """Close this streamer's open receivers (writing their last acks) and its LISTEN
-        connection. Idempotent. Senders and receivers cannot be made afterwards."""
+        connection, within ``close_timeout`` seconds: with the database unreachable, what
+        is not done by then is given up (logged; acks not written are deliveries again).
+        Idempotent. Senders and receivers cannot be made afterwards."""
         self._closed = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._close_timeout
+
+        async def bounded(aw: Any, what: str) -> None:
+            task = asyncio.ensure_future(aw)
+            done, _ = await asyncio.wait((task,), timeout=max(deadline - loop.time(), 0))
+            if not done:
+                task.cancel()
+                _throttled.warning(
+                    f"close {what}",
+                    "closing the SQL streamer: gave up %s after close_timeout=%gs (the "
+                    "database does not answer)",
+                    what,
+                    self._close_timeout,
+                )
+            elif not task.cancelled() and task.exception() is not None:
+                log.debug("closing the SQL streamer: %s failed: %r", what, task.exception())
+
         try:
             for receiver in list(self._receivers):
-                await receiver.close()
+                await bounded(receiver.close(), "writing a receiver's last ack")
         finally:
-            if self._pruning:  # each ends after its current chunk
-                await asyncio.wait(list(self._pruning.values()))
+            for task in list(self._pruning.values()):  # each ends after its current chunk
+                await bounded(asyncio.shield(task), "pruning")
+                task.cancel()
             if self._opening is not None:
-                await asyncio.wait((self._opening,))
+                await bounded(asyncio.shield(self._opening), "opening the LISTEN connection")
+                self._opening.cancel()
             conn, driver = self._listener, self._driver
             self._listener = self._driver = None
             if conn is not None:
                 with contextlib.suppress(Exception):
                     driver.remove_termination_listener(self._on_terminated)
-                with contextlib.suppress(Exception):
-                    await driver.remove_listener(self._channel, self._on_notify)
+                await bounded(driver.remove_listener(self._channel, self._on_notify), "UNLISTEN")
                 self._dead.append(conn)
-            await self._discard_dead()
+            await bounded(self._discard_dead(), "closing the LISTEN connection")
 
     aclose = close
 

@@ -113,9 +113,8 @@ async def test_a_partition_during_stop(cluster: Cluster) -> None:
     t = timing()
     r = await _scenario(cluster, "stop")
     assert r.measures["victim_stop_s"] <= 3 * t.lease, r.measures
-    if r.measures["victim_streamer_close_hung"]:
-        # reported, in the engine core (adapters/sqlstreamer.py): docs/network-faults.md
-        pytest.xfail("SQLStreamer.close() does not return while the database is unreachable")
+    # SQLStreamer.close() gives up its database work after close_timeout (here one lease)
+    assert not r.measures["victim_streamer_close_hung"], r.measures
 
 
 # -- the harness and the checker themselves -----------------------------------------------------

@@ -177,7 +177,7 @@ def build(
         streamer = KafkaStreamer(kafka, namespace=namespace, **FAST)
         store = SQLRecordStore(engine)
     else:
-        streamer = SQLStreamer(engine, poll_frequency=0.2)
+        streamer = SQLStreamer(engine, poll_frequency=0.2, close_timeout=lease)
         store = SQLRecordStore(engine, streamer=streamer)
     host = journal.host if journal else "producer"
     roles = SQLRoleScheduler(engine, lease=timedelta(seconds=lease), holder=f"{host}:{os.getpid()}")
