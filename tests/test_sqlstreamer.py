@@ -518,3 +518,79 @@ async def test_concurrent_senders_deliver_everything_in_order(
     )
     assert [e.id for e in got] == sorted(e.id for e in got)
     assert [e.id for e in got] == await stored_ids(pg_engine, topic)
+
+
+class _Freezer:
+    """A TCP proxy to the test's PostgreSQL that can stop forwarding (the sockets stay open,
+    nothing gets through): a database that went silent, as behind a network partition."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.frozen = asyncio.Event()
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self.writers += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
+                    if self.frozen.is_set():
+                        await asyncio.Event().wait()  # swallowed: never forwarded
+                    dst.write(data)
+                    await dst.drain()
+
+        for t in (pipe(reader, up_writer), pipe(up_reader, writer)):
+            task = asyncio.ensure_future(t)
+            self.tasks.add(task)
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for writer in self.writers:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def test_close_gives_up_on_a_database_that_went_silent(
+    pg_engine: AsyncEngine, pg_schema: str
+) -> None:
+    """With the database silent (a partition: no answer, no error), ``close()`` still
+    returns, after ``close_timeout``: the receivers' last acks and the LISTEN connection are
+    given up (the acks not written are delivered again), instead of waiting on the socket."""
+    url = pg_engine.url
+    proxy = _Freezer(url.host or "127.0.0.1", url.port or 5432)
+    port = await proxy.start()
+    engine = create_async_engine(
+        url.set(port=port), connect_args={"server_settings": {"search_path": pg_schema}}
+    )
+    streamer = SQLStreamer(engine, poll_frequency=30, ack_interval=60, close_timeout=0.5)
+    try:
+        topic = new_topic()
+        await send(streamer, topic, "e1")
+        receiver = await streamer.new_receiver(topic, "r")
+        await take(receiver, 1)  # acked, not yet written (ack_interval 60 s)
+        waiting_task = asyncio.ensure_future(receiver.recv())
+        await waiting(receiver)  # its LISTEN connection is open, through the proxy
+        proxy.frozen.set()
+        t0 = asyncio.get_running_loop().time()
+        await asyncio.wait_for(streamer.close(), 10)
+        assert asyncio.get_running_loop().time() - t0 < 5
+        waiting_task.cancel()
+        await asyncio.gather(waiting_task, return_exceptions=True)
+    finally:
+        await proxy.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(engine.dispose(), 5)
