@@ -49,6 +49,7 @@ __all__ = [
     "LOOKUP_MANY_SQLITE",
     "PG_STORE_BATCH",
     "MOVE_CURSOR",
+    "PRUNE_TOPIC",
     "RECORD_READ",
     "RECORD_WRITE",
     "VERSIONED",
@@ -273,6 +274,14 @@ MOVE_CURSOR = Statement(
     f"UPDATE {cursors.name} SET position = :position, updated_at = :updated_at "
     "WHERE topic = :topic AND name = :name AND position < :position"
 )
+PRUNE_TOPIC = Statement(
+    f"DELETE FROM {events.name} WHERE id IN (SELECT id FROM {events.name} "
+    f"WHERE topic = :topic AND id <= (SELECT min(position) FROM {cursors.name} "
+    "WHERE topic = :topic) "
+    f"AND id < (SELECT max(id) FROM {events.name}) ORDER BY id LIMIT :limit)"
+)
+"""The oldest ``:limit`` events of ``:topic`` that every cursor of it has passed (never the
+newest row of the table: SQLite would hand its id out again)."""
 
 
 def select_records() -> sa.Select[Any]:

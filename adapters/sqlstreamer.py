@@ -63,7 +63,7 @@ from ._postgres import LOCK_NAMESPACE, lock_params
 from ._schemacheck import check_schema
 from ._sqlengine import TopicHub, shared
 from ._sqlsetup import prepare
-from ._statements import FETCH_EVENTS, MOVE_CURSOR, EventTuple, event_from, event_rows
+from ._statements import FETCH_EVENTS, MOVE_CURSOR, PRUNE_TOPIC, EventTuple, event_from, event_rows
 from .sqlschema import cursors, events
 
 __all__ = [
@@ -324,31 +324,30 @@ class SQLStreamer:
         lock for long."""
         try:
             while not self._closed:
-                if await self._prune(topic, PRUNE_CHUNK) < PRUNE_CHUNK:
+                # on the driver: on SQLite a job of the writing thread, which every writer
+                # of this engine hands over to at once (no busy handler's sleeps)
+                params = {"topic": topic, "limit": PRUNE_CHUNK}
+                if await self._db.execute(PRUNE_TOPIC, params) < PRUNE_CHUNK:
                     return
         except Exception as err:  # the events are stored; retried after more sends
             _throttled.warning(f"prune {topic}", "pruning topic %r failed: %r", topic, err)
 
-    async def _prune(self, topic: str | None, limit: int | None = None) -> int:
+    async def _prune(self, topic: str | None) -> int:
         """Delete the events of ``topic`` (every topic: None) that every cursor of their topic
-        has passed, never the newest row of the table (SQLite would hand its id out again);
-        with ``limit`` (a topic's), only the oldest ``limit`` of them. How many."""
+        has passed, never the newest row of the table (SQLite would hand its id out again).
+        How many."""
         newest = events.alias("newest")
         passed = sa.select(sa.func.min(cursors.c.position))
         if topic is None:
             passed = passed.where(cursors.c.topic == events.c.topic)
         else:
             passed = passed.where(cursors.c.topic == topic)
-        done = [
+        stmt = sa.delete(events).where(
             events.c.id <= passed.scalar_subquery(),
             events.c.id < sa.select(sa.func.max(newest.c.id)).scalar_subquery(),
-        ]
+        )
         if topic is not None:
-            done.append(events.c.topic == topic)
-        stmt = sa.delete(events).where(*done)
-        if topic is not None and limit is not None:
-            oldest = sa.select(events.c.id).where(*done).order_by(events.c.id).limit(limit)
-            stmt = sa.delete(events).where(events.c.id.in_(oldest.scalar_subquery()))
+            stmt = stmt.where(events.c.topic == topic)
         async with self._engine.begin() as conn:
             result = await conn.execute(stmt)
         return int(result.rowcount)

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from workflow import Event
 from workflow.adapters import sqlstreamer
 from workflow.adapters._sqlengine import TopicHub
+from workflow.adapters._statements import PRUNE_TOPIC
 from workflow.adapters.adaptertest import run_event_streamer_test
 from workflow.adapters.sqlschema import cursors, events, make_engine
 from workflow.adapters.sqlstreamer import SQLReceiver, SQLStreamer, insert_events
@@ -421,14 +422,16 @@ async def test_a_large_backlog_is_pruned_in_chunks(
     await take(receiver, 11)
     streamer._prune_every = 1  # the next send prunes
     deletes: list[int] = []
-    real = streamer._prune
+    db = streamer._db
+    real = db.execute
 
-    async def counted(topic: str | None, limit: int | None = None) -> int:
-        n = await real(topic, limit)
-        deletes.append(n)
+    async def counted(stmt: Any, params: Any) -> int:
+        n = await real(stmt, params)
+        if stmt is PRUNE_TOPIC:
+            deletes.append(n)
         return n
 
-    monkeypatch.setattr(streamer, "_prune", counted)
+    monkeypatch.setattr(db, "execute", counted)
     await send(streamer, topic, "e11")
 
     async def pruned() -> bool:
