@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import enum
 import json
 import os
 import signal
@@ -38,10 +37,10 @@ from datetime import timedelta
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.procs.lifetime import die_with_parent
+from tests.procs.worker import Order, Status  # the multi-process tests' workflow types
 from workflow import Builder, Lease, Run, Workflow
 from workflow.adapters.sqlrolescheduler import SQLRoleScheduler
 from workflow.adapters.sqlschema import make_engine
@@ -63,18 +62,6 @@ CREATE TABLE IF NOT EXISTS leases (
     id INTEGER PRIMARY KEY, role TEXT NOT NULL, host TEXT NOT NULL, granted REAL NOT NULL,
     lost REAL);
 """
-
-
-class Status(enum.IntEnum):
-    UNKNOWN = 0
-    STARTED = 1
-    CHARGED = 2
-    SHIPPED = 3
-    DONE = 4
-
-
-class Order(BaseModel):
-    steps: list[str] = []
 
 
 class Journal:
