@@ -205,8 +205,18 @@ class SQLStreamer:
     # -- maintenance ---------------------------------------------------------------------
 
     async def prune(self) -> int:
-        """Delete the events that every cursor of their topic has passed; return how many."""
-        return await self._prune(None)
+        """Delete the events that every cursor of their topic has passed, in every topic,
+        never the newest row of the table (SQLite would hand its id out again); how many.
+        (A sender prunes its own topic with :data:`PRUNE_TOPIC`, in chunks.)"""
+        newest = events.alias("newest")
+        passed = sa.select(sa.func.min(cursors.c.position)).where(cursors.c.topic == events.c.topic)
+        stmt = sa.delete(events).where(
+            events.c.id <= passed.scalar_subquery(),
+            events.c.id < sa.select(sa.func.max(newest.c.id)).scalar_subquery(),
+        )
+        async with self._engine.begin() as conn:
+            result = await conn.execute(stmt)
+        return int(result.rowcount)
 
     async def close(self) -> None:
         """Close this streamer's open receivers (writing their last acks) and its LISTEN
@@ -331,26 +341,6 @@ class SQLStreamer:
                     return
         except Exception as err:  # the events are stored; retried after more sends
             _throttled.warning(f"prune {topic}", "pruning topic %r failed: %r", topic, err)
-
-    async def _prune(self, topic: str | None) -> int:
-        """Delete the events of ``topic`` (every topic: None) that every cursor of their topic
-        has passed, never the newest row of the table (SQLite would hand its id out again).
-        How many."""
-        newest = events.alias("newest")
-        passed = sa.select(sa.func.min(cursors.c.position))
-        if topic is None:
-            passed = passed.where(cursors.c.topic == events.c.topic)
-        else:
-            passed = passed.where(cursors.c.topic == topic)
-        stmt = sa.delete(events).where(
-            events.c.id <= passed.scalar_subquery(),
-            events.c.id < sa.select(sa.func.max(newest.c.id)).scalar_subquery(),
-        )
-        if topic is not None:
-            stmt = stmt.where(events.c.topic == topic)
-        async with self._engine.begin() as conn:
-            result = await conn.execute(stmt)
-        return int(result.rowcount)
 
     async def _fetch(self, topic: str, after: int) -> list[Event]:
         params = {"topic": topic, "after": after, "limit": self._batch}
