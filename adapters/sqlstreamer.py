@@ -123,7 +123,8 @@ class SQLStreamer:
     fallback polling interval of receivers that are not given one; ``batch_size`` rows are
     read per query; acks are written at most every ``ack_interval`` seconds; a sender prunes
     its topic every ``prune_every`` events; ``channel`` is the PostgreSQL NOTIFY channel;
-    ``close()`` gives up after ``close_timeout`` seconds on a database that does not answer.
+    ``close()``, its receivers' included, gives up after ``close_timeout`` seconds on a
+    database that does not answer.
     """
 
     def __init__(
@@ -586,16 +587,29 @@ class SQLReceiver:
 
     async def close(self) -> None:
         """Write the last ack and stop. Events received but not acked go to the next receiver
-        of this name. Idempotent."""
+        of this name. Idempotent. Within the streamer's ``close_timeout``: with the database
+        unreachable, a read under way is left behind and the last ack given up (logged; the
+        events after the cursor are delivered again), so a workflow's ``stop()`` returns."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._closed = True
         self._streamer._receivers.discard(self)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._streamer._close_timeout
         if self._fetching is not None:
-            await asyncio.wait((self._fetching,))
+            await asyncio.wait((self._fetching,), timeout=self._streamer._close_timeout)
         self._buffer.clear()
-        await self._flush()
+        try:
+            await asyncio.wait_for(self._flush(), max(deadline - loop.time(), 0))
+        except TimeoutError:
+            _throttled.warning(
+                f"close {self._topic}",
+                "closing the receiver of topic %r: gave up writing its last ack after "
+                "close_timeout=%gs (the database does not answer)",
+                self._topic,
+                self._streamer._close_timeout,
+            )
 
 
 def _task(

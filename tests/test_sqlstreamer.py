@@ -597,3 +597,41 @@ async def test_close_gives_up_on_a_database_that_went_silent(
         await proxy.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(engine.dispose(), 5)
+
+
+async def test_a_receiver_closes_on_a_database_that_went_silent(
+    pg_engine: AsyncEngine, pg_schema: str
+) -> None:
+    """A consumer stopped while the database is silent closes its receiver with a read under
+    way and an ack not yet written: ``receiver.close()`` returns after ``close_timeout``
+    (what a workflow's ``stop()`` waits for), instead of waiting on the socket."""
+    url = pg_engine.url
+    proxy = _Freezer(url.host or "127.0.0.1", url.port or 5432)
+    port = await proxy.start()
+    engine = create_async_engine(
+        url.set(port=port), connect_args={"server_settings": {"search_path": pg_schema}}
+    )
+    streamer = SQLStreamer(engine, poll_frequency=0.05, ack_interval=60, close_timeout=0.5)
+    try:
+        topic = new_topic()
+        await send(streamer, topic, "e1")
+        receiver = await streamer.new_receiver(topic, "r")
+        await take(receiver, 1)  # acked, not yet written (ack_interval 60 s)
+        proxy.frozen.set()
+        reading = asyncio.ensure_future(receiver.recv())  # polls: a read that never returns
+
+        async def read_under_way() -> bool:
+            return receiver._fetching is not None
+
+        await until(read_under_way, "a read of the silent database")
+        reading.cancel()  # as stop() cancels the consumer
+        await asyncio.gather(reading, return_exceptions=True)
+        t0 = asyncio.get_running_loop().time()
+        await asyncio.wait_for(receiver.close(), 10)
+        assert asyncio.get_running_loop().time() - t0 < 5
+    finally:
+        await proxy.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(streamer.close(), 10)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(engine.dispose(), 5)
